@@ -1,0 +1,1 @@
+"""Prefect flows: the `curate` DAG and its stage subflows."""

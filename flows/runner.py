@@ -1,0 +1,45 @@
+"""Running shard tasks: one Dask cluster per flow run, progress as shards finish, stale caches refreshed."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from selectflow.config import DaskConfig
+from selectflow.progress import StageProgress
+from selectflow.store import ArtifactRef
+
+
+@contextlib.contextmanager
+def dask_runner(cfg: DaskConfig):
+    """A DaskTaskRunner on `cfg.address`, or on a LocalCluster started here for the whole flow run."""
+    if cfg.address:
+        yield DaskTaskRunner(address=cfg.address)
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=cfg.n_workers,
+        threads_per_worker=cfg.threads_per_worker,
+        processes=cfg.processes,
+        dashboard_address=None,
+    ) as cluster:
+        yield DaskTaskRunner(address=cluster.scheduler_address)
+
+
+def run_shards(task, calls: list[dict], stage: str) -> list[ArtifactRef]:
+    """Submit `task` once per call, report progress as they finish, return their artifacts in call order.
+
+    A Prefect cache hit whose artifact was since deleted from the store is recomputed, not trusted.
+    """
+    futures = [task.submit(**call) for call in calls]
+    with StageProgress(stage, total=len(futures)) as progress:
+        for _ in as_completed(futures):
+            progress.advance()
+    refs = [future.result() for future in futures]
+    for index, ref in enumerate(refs):
+        if not ref.exists():
+            refs[index] = task.with_options(refresh_cache=True).submit(**calls[index]).result()
+    return refs

@@ -1,0 +1,160 @@
+"""Typed configuration shared by the CLI, the YAML file and the Prefect flow parameters.
+
+Every field has a sensible default and a description (the Prefect UI renders them as a form);
+validators say what to change when a value is impossible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ChatFields(_Strict):
+    """How to render a chat record as training text (the original record is always kept)."""
+
+    style: Literal["sharegpt", "prompt_response"] = Field(
+        "sharegpt",
+        description="'sharegpt': a list of {from, value} turns; 'prompt_response': two plain fields.",
+    )
+    conversations_field: str = Field("conversations", description="ShareGPT: field holding the turns.")
+    prompt_field: str = Field("prompt", description="prompt_response: field holding the prompt.")
+    response_field: str = Field("response", description="prompt_response: field holding the response.")
+
+
+class InputSpec(_Strict):
+    """One input: a path, glob, directory or fsspec URL, with the field mapping of its records."""
+
+    path: str = Field(..., description="File, glob, directory or fsspec URL (file://, s3://, memory://, ...).")
+    format: Literal["auto", "jsonl", "parquet", "text"] = Field(
+        "auto", description="'auto' decides by extension: .jsonl/.json(.gz|.zst), .parquet, anything else is text."
+    )
+    text_field: str = Field("text", description="Record field holding the document text (ignored for chat).")
+    chat: ChatFields | None = Field(None, description="Set to render chat records instead of reading text_field.")
+    domain: str | None = Field(None, description="Domain label for every document of this input.")
+    domain_field: str | None = Field("domain", description="Record field holding the domain (overrides 'domain').")
+    text_glob: str = Field("**/*.txt", description="For a directory of text files: which files to read.")
+
+
+class IngestConfig(_Strict):
+    inputs: list[InputSpec] = Field(..., min_length=1, description="What to read.")
+    shard_rows: int = Field(10_000, ge=1, description="Documents per output Parquet shard.")
+    max_record_bytes: int = Field(
+        2_000_000, ge=1, description="Records larger than this (UTF-8 bytes of the raw line) are quarantined."
+    )
+    min_text_chars: int = Field(1, ge=1, description="Texts shorter than this (after stripping) are quarantined.")
+
+
+class ExactDedupConfig(_Strict):
+    enabled: bool = Field(True, description="Drop documents whose normalized text equals an earlier one.")
+
+
+class NearDedupConfig(_Strict):
+    enabled: bool = Field(True, description="Drop documents whose MinHash-estimated Jaccard is above threshold.")
+    unit: Literal["word", "char"] = Field("word", description="Shingle unit.")
+    ngram: int = Field(5, ge=1, le=64, description="Shingle length in units.")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length).")
+    bands: int = Field(16, ge=1, description="LSH bands; bands * rows must equal num_perm.")
+    rows: int = Field(8, ge=1, description="Rows per LSH band.")
+    threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="Candidate pairs below this estimated Jaccard are not duplicates."
+    )
+    seed: int = Field(1, description="Seed of the MinHash permutations.")
+
+    @model_validator(mode="after")
+    def _bands_cover_signature(self) -> NearDedupConfig:
+        if self.bands * self.rows != self.num_perm:
+            raise ValueError(
+                f"near-dedup: bands ({self.bands}) * rows ({self.rows}) = {self.bands * self.rows} "
+                f"must equal num_perm ({self.num_perm}); change bands or rows"
+            )
+        return self
+
+
+class DedupConfig(_Strict):
+    exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+
+
+class DaskConfig(_Strict):
+    address: str | None = Field(
+        None, description="Existing Dask scheduler (tcp://host:8786). Unset: start a LocalCluster."
+    )
+    n_workers: int = Field(2, ge=1, description="LocalCluster workers.")
+    threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker.")
+    processes: bool = Field(True, description="LocalCluster workers as processes (False: threads in this process).")
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI. Unset: MLFLOW_TRACKING_URI, else a SQLite store in the workspace."
+    )
+    experiment: str = Field("selectflow", description="MLflow experiment name.")
+
+
+class CurateConfig(_Strict):
+    """Everything `curate` needs. Load with `load_config(path)`."""
+
+    workspace: Path = Field(Path("selectflow-workspace"), description="Artifact store, runs, MLflow and logs.")
+    run_name: str | None = Field(None, description="Human name for this run (MLflow run name).")
+    ingest: IngestConfig
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    retries: int = Field(2, ge=0, le=10, description="Retries of a failed shard task.")
+    retry_delay_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles on each retry.")
+
+    @field_validator("workspace")
+    @classmethod
+    def _absolute_workspace(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> CurateConfig:
+    """Read YAML (safely), resolve relative input paths against the file, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    base = path.parent.absolute()
+    for spec in (raw.get("ingest") or {}).get("inputs") or []:
+        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            spec["path"] = _resolve(spec["path"], base)
+    if isinstance(raw.get("workspace"), str):
+        raw["workspace"] = _resolve(raw["workspace"], base)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return CurateConfig.model_validate(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _resolve(value: str, base: Path) -> str:
+    if "://" in value or Path(value).expanduser().is_absolute():
+        return value
+    return str(base / value)
+
+
+def _set_dotted(raw: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = yaml.safe_load(value) if isinstance(value, str) else value

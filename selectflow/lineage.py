@@ -1,0 +1,93 @@
+"""Answers "why is this document in (or out of) the final set" and "what did this run produce from what"."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from selectflow.runs import RunRecord, load_run
+from selectflow.store import ArtifactStore
+from selectflow.text import doc_id as make_doc_id
+
+# Stages that record a decision per document, in DAG order.
+DECISION_STAGES = ("dedup_exact", "dedup_near")
+_FILE_LINE = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
+
+
+def _find(files: list[str], column: str, value, columns: list[str]) -> list[dict]:
+    if not files:
+        return []
+    return ds.dataset(files, format="parquet").to_table(filter=ds.field(column) == value, columns=columns).to_pylist()
+
+
+def _as_uri(source: str) -> str:
+    return source if "://" in source else Path(source).expanduser().absolute().as_uri()
+
+
+def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> dict:
+    """Origin and per-stage decisions of one document, by doc_id or by `FILE:LINE` of the input."""
+    run = load_run(store, run_id)
+    ingested = run.refs("ingest")
+    quarantined = []
+    if match := _FILE_LINE.match(doc):
+        source, line = _as_uri(match["source"]), int(match["line"])
+        doc = make_doc_id(source, line)
+        quarantine_files = [f for ref in ingested for f in ref.files("quarantine")]
+        quarantined = [
+            row for row in _find(quarantine_files, "source", source, ["source", "line", "reason"])
+            if row["line"] == line
+        ]
+    columns = ["doc_id", "source", "line", "domain", "n_bytes", "content_hash", "text"]
+    origin = _find([f for ref in ingested for f in ref.files("docs")], "doc_id", doc, columns)
+    result = {"doc_id": doc, "run_id": run.run_id, "origin": None, "decisions": [], "final": None}
+    if quarantined:
+        result["quarantined"] = quarantined[0]
+        result["final"] = f"out: quarantined at ingest ({quarantined[0]['reason']})"
+        return result
+    if not origin:
+        result["final"] = "not in this run's input"
+        return result
+    row = origin[0]
+    row["text"] = row["text"][:200]
+    result["origin"] = row
+    result["decisions"].append({"stage": "ingest", "decision": "kept", "reason": f"read from {row['source']} line {row['line']}"})
+    for stage in DECISION_STAGES:
+        files = [f for ref in run.refs(stage) for f in ref.files("decisions")]
+        found = _find(files, "doc_id", doc, ["stage", "decision", "reason", "ref_doc_id", "score", "group"])
+        result["decisions"].extend(found)
+        if any(d["decision"] == "dropped" for d in found):
+            result["final"] = f"out: dropped at {stage}"
+            return result
+    result["final"] = "in: kept by every stage" if run.status == "completed" else f"undecided: run is {run.status}"
+    return result
+
+
+def run_graph(store: ArtifactStore, run_id: str | None = None) -> dict:
+    """The run's artifacts by stage, each with its inputs, row counts and location."""
+    run: RunRecord = load_run(store, run_id)
+    key_to_stage = {ref.key: stage for stage in run.stages for ref in run.refs(stage)}
+    sha_to_artifact = {
+        shard.sha256: f"{ref.stage}/{ref.key[:12]}"
+        for ref in run.refs("ingest") for shard in ref.shards("docs")
+    }
+    stages = []
+    for stage in run.stages:
+        artifacts = []
+        for ref in run.refs(stage):
+            manifest = ref.manifest()
+            inputs = []
+            for item in manifest["inputs"]:
+                if item in key_to_stage:
+                    inputs.append(f"{key_to_stage[item]}/{item[:12]}")
+                elif item in sha_to_artifact:
+                    inputs.append(f"shard of {sha_to_artifact[item]}")
+                else:
+                    inputs.append(manifest["config"].get("uri", "input") + f" @ {item[:12]}")
+            tables = {name: t["rows"] for name, t in manifest["tables"].items()}
+            artifacts.append({"key": ref.key, "path": ref.path, "inputs": inputs, "tables": tables,
+                              "stats": manifest["stats"], "seconds": manifest.get("seconds")})
+        stages.append({"stage": stage, "artifacts": artifacts})
+    return {"run_id": run.run_id, "status": run.status, "started_at": run.started_at,
+            "mlflow_run_id": run.mlflow_run_id, "flow_run_id": run.flow_run_id, "stages": stages}

@@ -1,0 +1,42 @@
+"""Ingest stage: one input file (or group of text files) -> one artifact of Parquet document shards + quarantine."""
+
+from __future__ import annotations
+
+import selectflow.ingest as ingest_lib
+from selectflow.config import IngestConfig
+from selectflow.ingest import InputFile, read_input
+from selectflow.store import ArtifactRef, ArtifactStore, code_version
+
+STAGE = "ingest"
+CODE = code_version(*ingest_lib.MODULES)
+
+
+def ingest_key_config(file: InputFile, cfg: IngestConfig) -> dict:
+    """The part of the config that decides this file's output (so editing another input reuses this one)."""
+    return {
+        "uri": file.uri,
+        "format": file.format,
+        "spec": cfg.inputs[file.spec_index].model_dump(),
+        "shard_rows": cfg.shard_rows,
+        "max_record_bytes": cfg.max_record_bytes,
+        "min_text_chars": cfg.min_text_chars,
+    }
+
+
+def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> ArtifactRef:
+    config = ingest_key_config(file, cfg)
+    key = store.key(STAGE, config, [file.fingerprint], CODE)
+    if cached := store.get(STAGE, key):
+        return cached
+    docs = quarantined = n_bytes = 0
+    with store.writer(STAGE, key, [file.fingerprint], config, CODE) as writer:
+        for doc_batch, quarantine_batch in read_input(file, cfg):
+            if doc_batch.num_rows:
+                writer.write("docs", doc_batch)
+                docs += doc_batch.num_rows
+                n_bytes += sum(doc_batch.column("n_bytes").to_pylist())
+            if quarantine_batch.num_rows:
+                writer.write("quarantine", quarantine_batch)
+                quarantined += quarantine_batch.num_rows
+        writer.stats(source=file.uri, docs=docs, quarantined=quarantined, text_bytes=n_bytes, input_bytes=file.size)
+        return writer.commit()

@@ -1,0 +1,188 @@
+"""Content-addressed artifact store.
+
+An artifact is a folder `<root>/artifacts/<stage>/<key>/` of Parquet tables plus `manifest.json`. Its key hashes
+the stage name, the stage config, the keys of its input artifacts (or input file fingerprints) and the code version,
+so the same inputs through the same code always land on the same key, and a finished artifact is never recomputed.
+Writes go to a temporary folder that is renamed into place only when complete: a crash leaves no half artifact.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from selectflow import __version__
+
+
+def stable_hash(*parts: Any, size: int = 16) -> str:
+    """Hash of JSON-serializable parts, independent of dict order."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.blake2b(blob, digest_size=size).hexdigest()
+
+
+def source_version(paths) -> str:
+    """Package version plus a hash of the given source files."""
+    digest = hashlib.blake2b(digest_size=6)
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return f"{__version__}+{digest.hexdigest()}"
+
+
+def code_version(*modules) -> str:
+    """Version of the modules that implement a stage: their artifacts are rebuilt when that code changes."""
+    return source_version(module.__file__ for module in modules)
+
+
+@functools.lru_cache(maxsize=1)
+def package_code_version() -> str:
+    """Version of the whole selectflow package: any code change invalidates task caches."""
+    return source_version(sorted(Path(__file__).parent.rglob("*.py")))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One Parquet part of an artifact table: the unit of per-shard work downstream."""
+
+    path: str
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """What tasks pass between each other: small, picklable, enough to find the artifact."""
+
+    stage: str
+    key: str
+    path: str
+
+    def exists(self) -> bool:
+        return (Path(self.path) / "manifest.json").is_file()
+
+    def manifest(self) -> dict:
+        return json.loads((Path(self.path) / "manifest.json").read_text())
+
+    def files(self, table: str) -> list[str]:
+        """Parquet files of one named table, in write order."""
+        entries = self.manifest()["tables"].get(table, {}).get("files", [])
+        return [str(Path(self.path) / entry["name"]) for entry in entries]
+
+    def shards(self, table: str) -> list[Shard]:
+        entries = self.manifest()["tables"].get(table, {}).get("files", [])
+        return [Shard(str(Path(self.path) / e["name"]), e["sha256"], e["rows"]) for e in entries]
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        files = self.files(table)
+        if not files:
+            raise KeyError(f"artifact {self.stage}/{self.key} has no table {table!r}")
+        return pa.concat_tables([pq.read_table(name, columns=columns) for name in files])
+
+    def rows(self, table: str) -> int:
+        return self.manifest()["tables"].get(table, {}).get("rows", 0)
+
+
+class ArtifactWriter:
+    """Collects tables into a temporary folder; `commit()` writes the manifest and renames it into place."""
+
+    def __init__(self, store: ArtifactStore, stage: str, key: str, inputs: list[str], config: dict, code: str):
+        self.store, self.stage, self.key = store, stage, key
+        self.tmp = store.root / "tmp" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir(parents=True)
+        self.manifest: dict[str, Any] = {
+            "stage": stage,
+            "key": key,
+            "code_version": code,
+            "config": config,
+            "inputs": inputs,
+            "tables": {},
+            "stats": {},
+        }
+        self._started = time.perf_counter()
+
+    def write(self, table: str, data: pa.Table) -> None:
+        """Append `data` as the next Parquet part of `table` (empty tables are recorded, with their schema)."""
+        entry = self.manifest["tables"].setdefault(table, {"rows": 0, "files": []})
+        name = f"{table}-{len(entry['files']):05d}.parquet"
+        pq.write_table(data, self.tmp / name, compression="zstd")
+        entry["files"].append({"name": name, "rows": data.num_rows, "sha256": file_sha256(self.tmp / name)})
+        entry["rows"] += data.num_rows
+
+    def write_json(self, name: str, payload: Any) -> None:
+        (self.tmp / name).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+    def stats(self, **values: Any) -> None:
+        self.manifest["stats"].update(values)
+
+    def commit(self) -> ArtifactRef:
+        self.manifest["seconds"] = round(time.perf_counter() - self._started, 3)
+        self.manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
+        final = self.store.artifact_dir(self.stage, self.key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self.tmp, final)
+        except OSError:
+            if not (final / "manifest.json").is_file():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)  # another worker finished the same artifact first
+        return ArtifactRef(self.stage, self.key, str(final))
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).absolute()
+        (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
+        (self.root / "runs").mkdir(parents=True, exist_ok=True)
+
+    def key(self, stage: str, config: dict, inputs: list[str], code: str) -> str:
+        return stable_hash(stage, config, sorted(inputs), code)
+
+    def artifact_dir(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / key
+
+    def get(self, stage: str, key: str) -> ArtifactRef | None:
+        folder = self.artifact_dir(stage, key)
+        return ArtifactRef(stage, key, str(folder)) if (folder / "manifest.json").is_file() else None
+
+    def writer(self, stage: str, key: str, inputs: list[str], config: dict, code: str) -> ArtifactWriter:
+        return ArtifactWriter(self, stage, key, inputs, config, code)
+
+    def clean_tmp(self, older_than_s: float = 3600) -> int:
+        """Remove temporary folders left by killed writers."""
+        removed = 0
+        now = time.time()
+        for folder in (self.root / "tmp").glob("*"):
+            if now - folder.stat().st_mtime > older_than_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+

@@ -1,0 +1,91 @@
+"""The numbers a run reports: docs in/out per stage, quarantine, where the outputs are."""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+
+from selectflow.runs import RunRecord
+from selectflow.store import ArtifactRef, ArtifactStore
+
+
+def ingest_metrics(refs: list[ArtifactRef]) -> dict[str, float]:
+    stats = [ref.manifest()["stats"] for ref in refs]
+    return {
+        "input_files": len(refs),
+        "docs_out": sum(s["docs"] for s in stats),
+        "quarantined": sum(s["quarantined"] for s in stats),
+        "text_bytes": sum(s["text_bytes"] for s in stats),
+    }
+
+
+def quarantine_reasons(refs: list[ArtifactRef]) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+    for ref in refs:
+        if ref.files("quarantine"):
+            reasons = ref.read("quarantine", columns=["reason"])["reason"]
+            counts.update(reason.split(":")[0] for reason in reasons.to_pylist())
+    return dict(counts.most_common())
+
+
+def _work_seconds(refs: list[ArtifactRef]) -> float:
+    return round(sum(ref.manifest().get("seconds", 0.0) for ref in refs), 2)
+
+
+def run_summary(run: RunRecord, store: ArtifactStore) -> dict:
+    ingested = run.refs("ingest")
+    ingest = ingest_metrics(ingested)
+    rows = [{"stage": "ingest", "docs_in": ingest["docs_out"] + ingest["quarantined"], "docs_out": ingest["docs_out"],
+             "dropped": ingest["quarantined"], "work_s": _work_seconds(ingested)}]
+    for stage in ("dedup_exact", "dedup_near"):
+        refs = run.refs(stage)
+        stats = refs[0].manifest()["stats"]
+        seconds = _work_seconds(refs + (run.refs("minhash") if stage == "dedup_near" else []))
+        rows.append({"stage": stage, "docs_in": stats["docs_in"], "docs_out": stats["docs_out"],
+                     "dropped": stats["dropped"], "work_s": seconds})
+    outputs = publish(run, "deduped", store)
+    return {
+        "run_id": run.run_id,
+        "stages": rows,
+        "quarantine": {"count": ingest["quarantined"], "reasons": quarantine_reasons(ingested),
+                       "tables": [f for ref in ingested for f in ref.files("quarantine")]},
+        "outputs": str(outputs),
+        "docs_out": rows[-1]["docs_out"],
+        "run_record": str(store.root / "runs" / f"{run.run_id}.json"),
+        "mlflow_run_id": run.mlflow_run_id,
+    }
+
+
+def publish(run: RunRecord, stage: str, store: ArtifactStore) -> Path:
+    """Expose a stage's shards as `<workspace>/outputs/<run>/<stage>/part-NNNNN.parquet` (hard links, no copy)."""
+    folder = store.root.parent / "outputs" / run.run_id / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [f for ref in run.refs(stage) for f in ref.files("docs")]
+    for index, source in enumerate(files):
+        target = folder / f"part-{index:05d}.parquet"
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:  # another filesystem: fall back to a symlink
+                target.symlink_to(source)
+    return folder
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    metrics = {"docs_out": summary["docs_out"], "quarantined": summary["quarantine"]["count"]}
+    for row in summary["stages"]:
+        metrics[f"{row['stage']}.docs_in"] = row["docs_in"]
+        metrics[f"{row['stage']}.docs_out"] = row["docs_out"]
+    return metrics
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| stage | docs in | docs out | dropped | work s |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['stage']} | {r['docs_in']} | {r['docs_out']} | {r['dropped']} | {r['work_s']} |"
+              for r in summary["stages"]]
+    reasons = ", ".join(f"{k}: {v}" for k, v in summary["quarantine"]["reasons"].items()) or "none"
+    return "\n".join([f"# selectflow run {summary['run_id']}", "", *lines, "",
+                      f"Quarantined: {summary['quarantine']['count']} ({reasons})", "",
+                      f"Outputs: `{summary['outputs']}`"])

@@ -1,0 +1,57 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SAMPLE = Path(__file__).parents[1] / "selectflow" / "data" / "sample"
+
+
+def sample_records(name: str, limit: int | None = None) -> list[dict]:
+    import zstandard
+
+    with zstandard.open(SAMPLE / name, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    return records[:limit]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A dozen JSONL files cut from the sample corpus (real text, real duplicates) plus one file of bad records."""
+    root = tmp_path_factory.mktemp("corpus")
+    records = [r for name in ("prose.jsonl.zst", "dictionary.jsonl.zst", "licenses.jsonl.zst")
+               for r in sample_records(name, 400)]
+    for index in range(12):
+        with open(root / f"part-{index:02d}.jsonl", "w", encoding="utf-8") as handle:
+            for record in records[index::12]:
+                handle.write(json.dumps(record) + "\n")
+    (root / "bad.jsonl").write_bytes(
+        b'{"text": "a fine record about compilers and their passes"}\n'
+        b'{"text": "unterminated\n'
+        b'{"text": 42}\n'
+        b'{"body": "no text field"}\n'
+        b'{"text": "\xff\xfe not utf-8"}\n'
+    )
+    return root
+
+
+def write_config(path: Path, inputs: list[dict], workspace: Path, **extra) -> Path:
+    import yaml
+
+    config = {"workspace": str(workspace), "ingest": {"inputs": inputs, "shard_rows": 200},
+              "dask": {"n_workers": 2, "processes": False}, "retry_delay_seconds": 0.1}
+    for key, value in extra.items():
+        config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,139 @@
+"""End-to-end `curate` runs under a temporary Prefect server: outputs, lineage, MLflow, retries, caching."""
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from selectflow.config import load_config
+from selectflow.lineage import doc_lineage, run_graph
+from selectflow.runs import load_run
+from selectflow.store import ArtifactStore
+from tests.conftest import write_config
+
+
+def read_outputs(summary) -> list[dict]:
+    from pathlib import Path
+
+    files = sorted(Path(summary["outputs"]).glob("part-*.parquet"))
+    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    return sorted(rows, key=lambda r: r["doc_id"])
+
+
+@pytest.fixture
+def small_config(tmp_path, small_corpus):
+    inputs = [{"path": str(small_corpus / "part-*.jsonl")}, {"path": str(small_corpus / "bad.jsonl")}]
+    return load_config(write_config(tmp_path / "c.yaml", inputs, tmp_path / "ws"))
+
+
+def test_curate_small_corpus(prefect_harness, small_config):
+    from flows.curate import curate
+
+    summary = curate(small_config)
+    stages = {row["stage"]: row for row in summary["stages"]}
+    assert stages["ingest"]["dropped"] == 4  # the four bad records of bad.jsonl
+    assert set(summary["quarantine"]["reasons"]) >= {"malformed JSON", "not valid UTF-8"}
+    assert stages["dedup_exact"]["dropped"] > 0 and stages["dedup_near"]["dropped"] > 0
+    assert stages["dedup_exact"]["docs_in"] == stages["ingest"]["docs_out"]
+    assert stages["dedup_near"]["docs_in"] == stages["dedup_exact"]["docs_out"]
+    outputs = read_outputs(summary)
+    assert len(outputs) == summary["docs_out"] == stages["dedup_near"]["docs_out"]
+    assert len({row["content_hash"] for row in outputs}) == len(outputs)  # no exact duplicates left
+
+    store = ArtifactStore(small_config.workspace / "store")
+    run = load_run(store)
+    exact = run.refs("dedup_exact")[0].read("decisions")
+    dropped = exact.filter(pc.equal(exact["decision"], "dropped")).to_pylist()[0]
+    lineage = doc_lineage(store, dropped["doc_id"])
+    assert lineage["origin"]["source"].endswith(".jsonl")
+    assert lineage["final"] == "out: dropped at dedup_exact"
+    assert f"exact duplicate of {dropped['ref_doc_id']}" in lineage["decisions"][-1]["reason"]
+    near = run.refs("dedup_near")[0].read("decisions")
+    dropped_near = near.filter(pc.equal(near["decision"], "dropped")).to_pylist()[0]
+    lineage = doc_lineage(store, dropped_near["doc_id"])
+    assert lineage["final"] == "out: dropped at dedup_near"
+    assert "near-duplicate of" in lineage["decisions"][-1]["reason"]
+    kept = doc_lineage(store, outputs[0]["doc_id"])
+    assert kept["final"] == "in: kept by every stage" and len(kept["decisions"]) == 3
+    bad = doc_lineage(store, f"{small_config.ingest.inputs[1].path}:2")
+    assert bad["final"].startswith("out: quarantined at ingest (malformed JSON")
+
+    graph = run_graph(store)
+    assert [s["stage"] for s in graph["stages"]] == ["ingest", "dedup_exact", "minhash", "dedup_near", "deduped"]
+    assert len(graph["stages"][0]["artifacts"]) == 13
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{small_config.workspace / 'mlflow.db'}")
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.data.metrics["docs_out"] == summary["docs_out"]
+    assert parent.data.tags["prefect.flow_run_id"] == run.flow_run_id
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_stage = {child.data.tags["selectflow.stage"]: child for child in children}
+    assert set(by_stage) == {"ingest", "dedup_exact", "dedup_near"}
+    assert by_stage["dedup_exact"].data.metrics["dropped"] == stages["dedup_exact"]["dropped"]
+    assert by_stage["ingest"].inputs.dataset_inputs  # artifacts logged as datasets
+    assert client.list_artifacts(by_stage["ingest"].info.run_id, "manifests")
+
+
+def test_rerun_is_cached_and_identical(prefect_harness, small_config):
+    from flows.curate import curate
+
+    first = curate(small_config)
+    store = ArtifactStore(small_config.workspace / "store")
+    stamps = {p: p.stat().st_mtime_ns for p in (store.root / "artifacts").rglob("manifest.json")}
+    second = curate(small_config)
+    assert read_outputs(first) == read_outputs(second)
+    assert {p: p.stat().st_mtime_ns for p in (store.root / "artifacts").rglob("manifest.json")} == stamps
+
+
+def test_grown_corpus_reuses_unchanged_shards(prefect_harness, small_config, small_corpus, tmp_path):
+    from flows.curate import curate
+    import shutil
+
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for f in sorted(small_corpus.glob("part-0[0-5].jsonl")):
+        shutil.copy(f, grown / f.name)
+    small_config.ingest.inputs = [small_config.ingest.inputs[0].model_copy(update={"path": str(grown / "*.jsonl")})]
+    curate(small_config)
+    store = ArtifactStore(small_config.workspace / "store")
+    before = {p.parent.name for p in (store.root / "artifacts" / "ingest").glob("*/manifest.json")}
+    sig_before = {p.parent.name for p in (store.root / "artifacts" / "minhash").glob("*/manifest.json")}
+    shutil.copy(small_corpus / "part-06.jsonl", grown / "part-06.jsonl")
+    curate(small_config)
+    after = {p.parent.name for p in (store.root / "artifacts" / "ingest").glob("*/manifest.json")}
+    sig_after = {p.parent.name for p in (store.root / "artifacts" / "minhash").glob("*/manifest.json")}
+    assert before < after and len(after - before) == 1  # only the new file was ingested
+    assert sig_before < sig_after and len(sig_after - sig_before) == 2  # its two shards (200 rows each)
+
+
+def test_failed_shard_is_retried(prefect_harness, small_config, monkeypatch):
+    import selectflow.stages.ingest as stage
+    from flows.curate import curate
+
+    real = stage.read_input
+    calls = {}
+
+    def flaky(file, cfg):
+        calls[file.uri] = calls.get(file.uri, 0) + 1
+        if file.uri.endswith("part-03.jsonl") and calls[file.uri] == 1:
+            raise OSError("injected: network filesystem hiccup")
+        return real(file, cfg)
+
+    monkeypatch.setattr(stage, "read_input", flaky)
+    summary = curate(small_config)
+    failed = [uri for uri in calls if uri.endswith("part-03.jsonl")]
+    assert calls[failed[0]] == 2
+    assert all(n == 1 for uri, n in calls.items() if uri != failed[0])
+    assert summary["stages"][0]["docs_out"] > 0
+
+
+def test_missing_input_fails_at_once(prefect_harness, tmp_path):
+    from flows.curate import curate
+    from selectflow.ingest import IngestError
+
+    config = load_config(write_config(tmp_path / "c.yaml", [{"path": str(tmp_path / "nope.jsonl")}], tmp_path / "ws"))
+    with pytest.raises(IngestError, match="nope.jsonl"):
+        curate(config)
+    assert not (tmp_path / "ws" / "mlflow.db").exists()
