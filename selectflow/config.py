@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -102,7 +102,9 @@ class TrackingConfig(_Strict):
 class CurateConfig(_Strict):
     """Everything `curate` needs. Load with `load_config(path)`."""
 
-    workspace: Path = Field(Path("selectflow-workspace"), description="Artifact store, runs, MLflow and logs.")
+    workspace: Path = Field(
+        Path("selectflow-workspace"), validate_default=True, description="Artifact store, runs, MLflow and logs."
+    )
     run_name: str | None = Field(None, description="Human name for this run (MLflow run name).")
     ingest: IngestConfig
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -142,8 +144,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> CurateConfig
         _set_dotted(raw, dotted, value)
     try:
         return CurateConfig.model_validate(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(map(str, error['loc'])) or '(top level)'}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid config:\n{problems}") from None
 
 
 def _resolve(value: str, base: Path) -> str:

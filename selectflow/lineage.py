@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import pyarrow.dataset as ds
 
+from selectflow.ingest import canonical_uri
 from selectflow.runs import RunRecord, load_run
 from selectflow.store import ArtifactStore
 from selectflow.text import doc_id as make_doc_id
@@ -22,17 +21,13 @@ def _find(files: list[str], column: str, value, columns: list[str]) -> list[dict
     return ds.dataset(files, format="parquet").to_table(filter=ds.field(column) == value, columns=columns).to_pylist()
 
 
-def _as_uri(source: str) -> str:
-    return source if "://" in source else Path(source).expanduser().absolute().as_uri()
-
-
 def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> dict:
     """Origin and per-stage decisions of one document, by doc_id or by `FILE:LINE` of the input."""
     run = load_run(store, run_id)
     ingested = run.refs("ingest")
     quarantined = []
     if match := _FILE_LINE.match(doc):
-        source, line = _as_uri(match["source"]), int(match["line"])
+        source, line = canonical_uri(match["source"]), int(match["line"])
         doc = make_doc_id(source, line)
         quarantine_files = [f for ref in ingested for f in ref.files("quarantine")]
         quarantined = [

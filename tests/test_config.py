@@ -23,7 +23,7 @@ def test_bands_times_rows_must_cover_signature():
 def test_errors_name_the_file_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ingest:\n  inputs: []\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*inputs"):
+    with pytest.raises(ConfigError, match=r"(?s)bad\.yaml.*ingest\.inputs: List should have at least 1 item"):
         load_config(bad)
     bad.write_text("ingest:\n  inputs: [{path: x}]\n  shard_rowz: 5\n")
     with pytest.raises(ConfigError, match="shard_rowz"):

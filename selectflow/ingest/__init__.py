@@ -1,0 +1,53 @@
+"""Ingest library: find the inputs, stream them, and turn records into documents (or quarantine rows).
+
+    files = plan_inputs(cfg)            # list[InputFile], deterministic; raises IngestError at once
+    for docs, quarantine in read_input(files[0], cfg):
+        ...                             # DOCS / QUARANTINE Arrow tables, <= cfg.shard_rows rows each
+
+Work units (`InputFile`):
+
+* jsonl / parquet: one file each.
+* text: a single text file named directly by an input path: one document.
+* textdir: the text files of one directory (or one glob), grouped so that thousands of tiny files do not
+  become thousands of tasks. `members` lists the member URIs (sorted); each member is one document with
+  `source` = member URI and `line` = 1. A group holds at most TEXT_GROUP_MAX_FILES files and
+  TEXT_GROUP_MAX_BYTES bytes; a bigger directory is split into parts whose `uri` is
+  "<dir uri>#part-00000", "#part-00001", ... (with one part the uri is the directory URI itself).
+  `fingerprint` hashes every member's URI and content hash, so renaming, adding or editing a member changes it.
+
+Rules for expanding paths: `selectflow.ingest.sources`. Per-format reading and the quarantine policy:
+`selectflow.ingest.readers`. Field mapping, chat rendering and reasons: `selectflow.ingest.records`.
+"""
+
+from selectflow import text as _text
+from selectflow.ingest import readers, records, sources
+from selectflow.ingest.readers import read_input
+from selectflow.ingest.records import RecordConverter, RecordError
+from selectflow.ingest.sources import (
+    TEXT_GROUP_MAX_BYTES,
+    TEXT_GROUP_MAX_FILES,
+    IngestError,
+    InputFile,
+    canonical_uri,
+    compression_of,
+    format_of,
+    plan_inputs,
+)
+
+# Modules whose source decides the ingest output (for the artifact cache key: see selectflow.store.code_version).
+MODULES = (sources, readers, records, _text)
+
+__all__ = [
+    "MODULES",
+    "TEXT_GROUP_MAX_BYTES",
+    "TEXT_GROUP_MAX_FILES",
+    "IngestError",
+    "InputFile",
+    "RecordConverter",
+    "RecordError",
+    "canonical_uri",
+    "compression_of",
+    "format_of",
+    "plan_inputs",
+    "read_input",
+]
