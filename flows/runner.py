@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
@@ -15,6 +16,7 @@ from selectflow.store import ArtifactRef
 @contextlib.contextmanager
 def dask_runner(cfg: DaskConfig):
     """A DaskTaskRunner on `cfg.address`, or on a LocalCluster started here for the whole flow run."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # per-worker INFO lines drown the flow's log
     if cfg.address:
         yield DaskTaskRunner(address=cfg.address)
         return

@@ -19,8 +19,10 @@ def _offline_environment(workspace: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Without a server configured, Prefect's temporary server and its result cache live in the workspace.
-    if "PREFECT_API_URL" not in os.environ:
-        os.environ.setdefault("PREFECT_HOME", str(workspace.absolute() / "prefect"))
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
+        os.environ["PREFECT_HOME"] = str(workspace.absolute() / "prefect")
+    if "PREFECT_HOME" in os.environ:
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect's SQLite needs the folder
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, str]:

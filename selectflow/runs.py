@@ -31,7 +31,7 @@ class RunRecord:
     def save(self, store: ArtifactStore) -> Path:
         path = store.root / "runs" / f"{self.run_id}.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True, default=str))
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))  # unsorted: stages keep DAG order
         os.replace(tmp, path)
         return path
 

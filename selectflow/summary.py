@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from pathlib import Path
 
 
 from selectflow.runs import RunRecord
 from selectflow.store import ArtifactRef, ArtifactStore
+
+
+_DIGITS = re.compile(r"(?<=\s)\d+")  # counts and offsets, not the 8 of UTF-8
 
 
 def ingest_metrics(refs: list[ArtifactRef]) -> dict[str, float]:
@@ -26,7 +30,7 @@ def quarantine_reasons(refs: list[ArtifactRef]) -> dict[str, int]:
     for ref in refs:
         if ref.files("quarantine"):
             reasons = ref.read("quarantine", columns=["reason"])["reason"]
-            counts.update(reason.split(":")[0] for reason in reasons.to_pylist())
+            counts.update(_DIGITS.sub("N", reason.split(":")[0]) for reason in reasons.to_pylist())
     return dict(counts.most_common())
 
 

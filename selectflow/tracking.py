@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from selectflow.config import TrackingConfig
@@ -68,7 +69,9 @@ def _dataset(ref: ArtifactRef):
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(Path(ref.path).as_uri())
+    with warnings.catch_warnings():  # a file:// URI matches MLflow's local source twice; either is right
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(ref.path).as_uri())
     return MetaDataset(source=source, name=f"{ref.stage}/{ref.key}", digest=ref.key[:36])
 
 

@@ -29,6 +29,6 @@ def near_decisions(
         return dedup.near_dedup(ArtifactStore(workspace), signatures, exact, cfg, client=client)
 
 
-@task(name="deduped-shard", **_CACHED, task_run_name="dedup {shard.sha256:.12}")
+@task(name="deduped-shard", **_CACHED, task_run_name="filter {shard.sha256:.12}")
 def deduped_shard(workspace: str, shard: Shard, decisions: list[ArtifactRef]) -> ArtifactRef:
     return dedup.filter_shard(ArtifactStore(workspace), shard, decisions)

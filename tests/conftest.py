@@ -1,5 +1,6 @@
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SAMPLE = Path(__file__).parents[1] / "selectflow" / "data" / "sample"
+# One MLflow store for the whole session: creating a fresh SQLite store costs ~6 s of migrations.
+SHARED_MLFLOW = f"sqlite:///{tempfile.gettempdir()}/selectflow-tests-{os.getpid()}/mlflow.db"
 
 
 def sample_records(name: str, limit: int | None = None) -> list[dict]:
@@ -50,7 +53,9 @@ def write_config(path: Path, inputs: list[dict], workspace: Path, **extra) -> Pa
     import yaml
 
     config = {"workspace": str(workspace), "ingest": {"inputs": inputs, "shard_rows": 200},
-              "dask": {"n_workers": 2, "processes": False}, "retry_delay_seconds": 0.1}
+              "dask": {"n_workers": 2, "processes": False}, "retry_delay_seconds": 0.1,
+              "tracking": {"tracking_uri": SHARED_MLFLOW}}
+    Path(SHARED_MLFLOW.removeprefix("sqlite:///")).parent.mkdir(exist_ok=True)
     for key, value in extra.items():
         config[key] = value
     path.write_text(yaml.safe_dump(config))

@@ -68,3 +68,16 @@ def test_kill_mid_run_then_resume_loses_nothing(tmp_path, small_corpus):
     resumed, expected = result_tables(killed_ws), result_tables(reference_ws)
     assert resumed == expected
     assert len({d["doc_id"] for d in resumed["docs"]}) == len(resumed["docs"])
+
+    # The CLI answers lineage questions about the resumed run.
+    dropped = next(d for d in resumed["dedup_exact"] if d["decision"] == "dropped")
+    lineage = subprocess.run([*CLI, "lineage", dropped["doc_id"], "--workspace", str(killed_ws)],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"exact duplicate of {dropped['ref_doc_id']}" in lineage and "final: out: dropped at dedup_exact" in lineage
+    assert ".jsonl line " in lineage
+    graph = subprocess.run([*CLI, "lineage", "--workspace", str(killed_ws)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "ingest: 12 artifact(s)" in graph and "deduped: " in graph
+    missing = subprocess.run([*CLI, "lineage", "--run", "nope", "--workspace", str(killed_ws)],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no run with id starting 'nope'" in missing.stderr
