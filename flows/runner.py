@@ -22,13 +22,23 @@ def dask_runner(cfg: DaskConfig):
         return
     from distributed import LocalCluster
 
+    worker_options = {"env": _prefect_env()} if cfg.processes else {}
     with LocalCluster(
         n_workers=cfg.n_workers,
         threads_per_worker=cfg.threads_per_worker,
         processes=cfg.processes,
         dashboard_address=None,
+        **worker_options,
     ) as cluster:
         yield DaskTaskRunner(address=cluster.scheduler_address)
+
+
+def _prefect_env() -> dict[str, str]:
+    """Point worker processes at this flow's Prefect API; without it each would start a temporary server of its own."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
 
 
 def run_shards(task, calls: list[dict], stage: str) -> list[ArtifactRef]:

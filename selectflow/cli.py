@@ -70,7 +70,7 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in summary["stages"]:
         table.add_row(row["stage"], *(str(row[k]) for k in ("docs_in", "docs_out", "dropped", "work_s")))
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay whole, on any terminal width
     console.print(table)
     quarantine = summary["quarantine"]
     reasons = ", ".join(f"{k}: {v}" for k, v in quarantine["reasons"].items()) or "none"
