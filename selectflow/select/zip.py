@@ -1,0 +1,519 @@
+"""ZIP data selection (Entropy Law, Yin et al. 2024): greedily pick the documents that compress worst together.
+
+Modes
+-----
+``exact`` reproduces the published algorithm (USTC-StarTeam/ZIP, ``ZIP.py``) decision for decision:
+
+- A document is serialized as its original record: ``json.loads(record)`` (key order preserved), or
+  ``{"text": text}`` when the document has no record (plain text inputs). A set of documents is scored as
+  ``r = len(s) / len(zlib.compress(s, 9))`` with ``s = str(list_of_records).encode("utf-8")`` (Python's repr of the
+  list: single quotes, escaped newlines, ``", "`` separators, brackets). Lower r = less redundant = preferred.
+- π starts as every document's own ratio (``str([record])``). Each round:
+  1. global: the K1 unused documents with the lowest π;
+  2. coarse: for each of them the ratio of ``selected + [x]`` (``selected`` in selection order) is written back
+     into π; the K2 lowest are taken and ALL K2 leave the pool (π = +inf), even those stage 3 will not pick;
+  3. fine: K3 times, pick among the K2 the document whose ratio together with the documents already picked in
+     THIS round (empty anchor, not the global selected set) is lowest;
+  4. the K3 picks are appended to ``selected``.
+- Stop when ``len(selected) >= budget`` (docs: the output has ceil(budget/K3)*K3 documents) or when the selected
+  tokens reach the budget (tokens).
+
+``zstd`` (beyond the paper) runs the same three stages on the documents' ``text``, but a candidate's score is its
+*marginal* ratio against the WHOLE current set: ``len(x) / len(zstd(x | context))`` where the context is the
+selected texts (joined by a blank line; in stage 3 followed by this round's picks) used as a raw-content zstd
+dictionary, so repetition anywhere in the selected set counts (zlib's window is 32 KB). π starts as the own ratio
+``len(x) / len(zstd(x))``.
+
+Ties (exact and zstd): always broken by pool position (row order of the input table), lower first: stage 1 sorts
+by (π, position), stage 2 by (ratio, position), stage 3 takes the lowest (ratio, position). The reference uses
+``torch.topk`` whose order among equal values is unspecified (stage 3 there scans the K2 in stage-2 ratio order),
+so on exact ties the reference may pick a different document; ratios tie only when two candidates compress to
+exactly the same sizes (e.g. exact duplicates), where either choice gives the same scores.
+
+Where this differs from the reference on purpose
+------------------------------------------------
+- Pool smaller than K1 (or K2): clamped to the unused documents left. The reference's ``torch.topk`` raises when
+  K1 > pool, and once fewer than K1 documents are unused it re-scores used ones (π = 1e6) and can select a
+  document twice; here stage 1 only ever sees unused documents.
+- Budget the pool cannot meet: every round removes K2 documents, so a docs budget needs
+  ``pool >= (rounds - 1) * K2 + K3``; this is checked up front (``ZipError``). A tokens budget is checked against
+  the pool's total tokens; if the pool still runs out (fewer than K3 unused documents), selection stops early with
+  ``ZipResult.stopped == "pool_exhausted"``.
+
+Speed
+-----
+The reference recompresses the whole selected list for every candidate. Here a zlib stream is fed the shared
+prefix ``[r1, ..., rn`` once (and grown incrementally as documents are appended) and each candidate costs a
+``compressobj.copy()`` + its suffix ``, rx]`` + flush: bit-identical sizes, work proportional to the candidate.
+Candidates are evaluated on ``workers`` threads (zlib and zstd release the GIL) or processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from selectflow.compression import (
+    SEPARATOR,
+    ZSTD_LEVEL,
+    ReprListPrefix,
+    ZstdContext,
+    compression_ratio,
+    join_texts,
+    set_ratio,
+)
+from selectflow.config import _Strict
+
+STAGES = ("global", "coarse", "fine")
+
+DECISIONS_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("selected", pa.bool_(), nullable=False),
+        pa.field("order", pa.int64()),  # 0-based position in the selection (null if not selected)
+        pa.field("round", pa.int64()),  # round picked, or last round it reached stage 2/3 (null: never left stage 1)
+        pa.field("stage_reached", pa.string(), nullable=False),  # global | coarse | fine
+        pa.field("own_ratio", pa.float64(), nullable=False),  # initial π
+        # selected: the stage-3 ratio when picked; others: the last ratio computed for it (stage 3 score if it
+        # reached stage 3, else its last π)
+        pa.field("ratio", pa.float64(), nullable=False),
+        # selected only: compressed bytes it added when picked (exact: growth of zlib(str(round picks)); zstd:
+        # its marginal zstd size against the selected set and the round's earlier picks)
+        pa.field("marginal_bytes", pa.int64()),
+    ]
+)
+
+
+class ZipError(ValueError):
+    """A ZIP configuration that cannot run on this pool; the message says what to change."""
+
+
+class ZipConfig(_Strict):
+    """ZIP selection (Entropy Law): keep the documents that compress worst together (least redundant)."""
+
+    mode: Literal["exact", "zstd"] = Field(
+        "exact",
+        description="'exact': the published algorithm (zlib-9 ratio of the repr of the records, stage 3 with an "
+        "empty anchor), same picks as the reference code. 'zstd': same stages, but each candidate is scored by its "
+        "marginal zstd ratio against the WHOLE selected set (text only), so repetition beyond 32 KB counts.",
+    )
+    k1: int = Field(10_000, ge=1, description="Stage 1 (global): candidates with the lowest stale ratio per round.")
+    k2: int = Field(200, ge=1, description="Stage 2 (coarse): re-scored candidates kept per round (all leave the pool).")
+    k3: int = Field(100, ge=1, description="Stage 3 (fine): documents picked greedily per round.")
+    budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
+    budget_unit: Literal["docs", "tokens"] = Field(
+        "docs",
+        description="'docs': stop at >= budget documents (output = ceil(budget/k3)*k3 documents); 'tokens': stop "
+        "once the selected documents hold >= budget tokens (see token_counter).",
+    )
+    token_counter: Literal["whitespace", "bytes4"] = Field(
+        "whitespace",
+        description="Tokens of a text for a tokens budget: 'whitespace' = whitespace-separated words, "
+        "'bytes4' = ceil(UTF-8 bytes / 4). A callable passed to zip_select overrides it.",
+    )
+    zstd_level: int = Field(
+        9, ge=1, le=22, description="zstd mode: level of the marginal-cost compressions (9: good matches, fast)."
+    )
+    zstd_window_log: int = Field(
+        27,
+        ge=10,
+        le=30,
+        description="zstd window = 2**zstd_window_log bytes: must cover the selected set (27 = 128 MB). Also used "
+        "for the final set's zstd ratio.",
+    )
+    workers: int = Field(2, ge=1, le=256, description="Parallel workers scoring candidates (1 = serial).")
+    parallel: Literal["threads", "processes"] = Field(
+        "threads",
+        description="How workers run: 'threads' (zlib/zstd release the GIL; no copies of the pool) or 'processes' "
+        "(forked workers, each keeping its own prefix streams).",
+    )
+
+    @model_validator(mode="after")
+    def _stage_sizes(self) -> ZipConfig:
+        if not self.k3 <= self.k2 <= self.k1:
+            raise ValueError(
+                f"zip: need k3 <= k2 <= k1, got k1={self.k1}, k2={self.k2}, k3={self.k3}; "
+                "stage 2 keeps k2 of the k1 stage-1 candidates and stage 3 picks k3 of those k2: "
+                "raise k1/k2 or lower k2/k3"
+            )
+        return self
+
+
+@dataclass
+class ZipResult:
+    selected: list[str]  # doc_ids in selection order
+    decisions: pa.Table  # DECISIONS_SCHEMA, one row per pool document, in pool order
+    rounds: list[dict]  # per round: seconds per stage, sizes, ratio of the selected set so far
+    final_ratio: dict  # ratios of the final set (see _final_ratio)
+    stopped: str = "budget"  # "budget" | "pool_exhausted" (tokens budget only)
+    seconds: dict = field(default_factory=dict)  # init (own ratios), rounds, final, total
+
+
+# ----------------------------------------------------------------------------------------------- serialization
+
+
+def record_repr(record: str | None, text: str) -> bytes:
+    """Exact mode's serialization of one document: repr of its original record (or of {"text": text})."""
+    obj = json.loads(record) if record is not None else {"text": text}
+    return repr(obj).encode("utf-8")
+
+
+def _token_counter(name: str) -> Callable[[str], int]:
+    if name == "whitespace":
+        return lambda text: len(text.split())
+    return lambda text: -(-len(text.encode("utf-8")) // 4)
+
+
+# ----------------------------------------------------------------------------------------------- scorers
+# A scorer returns, for candidate pool positions, (ratios float64, compressed sizes int64) of:
+#   own:    the document alone
+#   coarse: the document against the selected set
+#   fine:   the document against this round's picks (exact) / the selected set + this round's picks (zstd)
+
+_ITEMS: list[bytes] = []  # worker processes: the serialized pool (inherited on fork / sent by the initializer)
+_STREAMS: dict[str, tuple[list[int], ReprListPrefix]] = {}
+
+
+def _init_worker(items: list[bytes]) -> None:
+    global _ITEMS
+    _ITEMS = items
+    _STREAMS.clear()
+
+
+def _stream_for(slot: str, prefix_ids: list[int], items: Sequence[bytes]) -> ReprListPrefix:
+    """A cached prefix stream holding exactly prefix_ids, grown incrementally when prefix_ids extends it."""
+    fed, stream = _STREAMS.get(slot, (None, None))
+    if fed is None or len(fed) > len(prefix_ids) or fed != prefix_ids[: len(fed)]:
+        fed, stream = [], ReprListPrefix()
+    for i in prefix_ids[len(fed):]:
+        stream.append(items[i])
+    _STREAMS[slot] = (list(prefix_ids), stream)
+    return stream
+
+
+def _proc_eval(slot: str, prefix_ids: list[int], cand: list[int]) -> list[tuple[int, int]]:
+    stream = _stream_for(slot, prefix_ids, _ITEMS)
+    return [stream.size_with_item(_ITEMS[i]) for i in cand]
+
+
+def _chunks(seq: Sequence[int], n: int) -> list[list[int]]:
+    n = max(1, min(n, len(seq)))
+    size = -(-len(seq) // n)
+    return [list(seq[i : i + size]) for i in range(0, len(seq), size)]
+
+
+class _ExactScorer:
+    def __init__(self, items: list[bytes], workers: int, parallel: str) -> None:
+        self.items = items
+        self.workers = workers
+        self.pool: Executor | None = None
+        if workers > 1 and parallel == "processes":
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(items,))
+            self.kind = "processes"
+        elif workers > 1:
+            self.pool = ThreadPoolExecutor(workers)
+            self.kind = "threads"
+        self.selected = ReprListPrefix()  # grown as documents are selected (main process)
+        self.n_selected = 0
+        self.fine_stream = ReprListPrefix()
+        self.fine_ids: list[int] = []
+
+    def _eval(self, slot: str, stream: ReprListPrefix, prefix_ids: list[int], cand: Sequence[int]):
+        cand = list(cand)
+        if self.pool is None or len(cand) < 2:
+            pairs = [stream.size_with_item(self.items[i]) for i in cand]
+        elif isinstance(self.pool, ProcessPoolExecutor):
+            futures = [self.pool.submit(_proc_eval, slot, prefix_ids, ch) for ch in _chunks(cand, self.workers)]
+            pairs = [p for f in futures for p in f.result()]
+        else:
+            items = self.items
+            parts = self.pool.map(lambda ch: [stream.size_with_item(items[i]) for i in ch], _chunks(cand, self.workers))
+            pairs = [p for part in parts for p in part]
+        raw = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+        comp = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
+        return raw / comp, comp
+
+    def own(self, n: int):
+        return self._eval("own", ReprListPrefix(), [], range(n))
+
+    def coarse(self, selected: list[int], cand: Sequence[int]):
+        for i in selected[self.n_selected:]:
+            self.selected.append(self.items[i])
+        self.n_selected = len(selected)
+        return self._eval("global", self.selected, selected, cand)
+
+    def fine(self, selected: list[int], picked: list[int], cand: Sequence[int]):
+        if len(picked) < len(self.fine_ids) or picked[: len(self.fine_ids)] != self.fine_ids:
+            self.fine_stream, self.fine_ids = ReprListPrefix(), []
+        for i in picked[len(self.fine_ids):]:
+            self.fine_stream.append(self.items[i])
+        self.fine_ids = list(picked)
+        return self._eval("fine", self.fine_stream, picked, cand)
+
+    def fine_set_size(self, picked: list[int]) -> int:
+        """Compressed bytes of str(picked) (call right after fine() with the same picks)."""
+        return self.fine_stream.size_closed()[1] if picked else 0
+
+    def selected_ratio(self, selected: list[int]) -> float:
+        for i in selected[self.n_selected:]:
+            self.selected.append(self.items[i])
+        self.n_selected = len(selected)
+        raw, comp = self.selected.size_closed()
+        return raw / comp
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+class _ZstdScorer:
+    def __init__(self, items: list[bytes], workers: int, level: int, window_log: int) -> None:
+        self.items = items
+        self.workers = workers
+        self.level = level
+        self.window_log = window_log
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self.sep = SEPARATOR.encode()
+        self._ctx_key: tuple | None = None
+        self._ctx: ZstdContext | None = None
+
+    def _context(self, ids: list[int]) -> ZstdContext:
+        key = tuple(ids)
+        if self._ctx is None or key != self._ctx_key:
+            data = self.sep.join(self.items[i] for i in ids)
+            try:
+                self._ctx = ZstdContext(data, self.level, self.window_log)
+            except ValueError as exc:
+                raise ZipError(f"zstd mode: {exc} (zstd_window_log)") from exc
+            self._ctx_key = key
+        return self._ctx
+
+    def _eval(self, ids: list[int], cand: Sequence[int]):
+        ctx = self._context(ids)
+        cand = list(cand)
+        items = self.items
+
+        def run(ch):
+            return [ctx.marginal(items[i]) for i in ch]
+
+        if self.pool is None or len(cand) < 2:
+            comp_list = run(cand)
+        else:
+            comp_list = [c for part in self.pool.map(run, _chunks(cand, self.workers)) for c in part]
+        comp = np.asarray(comp_list, dtype=np.int64)
+        raw = np.fromiter((len(items[i]) for i in cand), np.int64, len(cand))
+        return raw / comp, comp
+
+    def own(self, n: int):
+        return self._eval([], range(n))
+
+    def coarse(self, selected: list[int], cand: Sequence[int]):
+        return self._eval(list(selected), cand)
+
+    def fine(self, selected: list[int], picked: list[int], cand: Sequence[int]):
+        return self._eval(list(selected) + list(picked), cand)
+
+    def fine_set_size(self, picked: list[int]) -> int:
+        return 0  # zstd mode reports the candidate's own marginal size
+
+    def selected_ratio(self, selected: list[int]) -> float:
+        return set_ratio((self.items[i] for i in selected), "zstd", self.level, self.window_log)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------- the algorithm
+
+
+def _check(cfg: ZipConfig, n: int, tokens: np.ndarray | None) -> None:
+    if n == 0:
+        raise ZipError("zip: the pool is empty: nothing to select from (check the upstream stages' output)")
+    if cfg.budget_unit == "docs":
+        rounds = math.ceil(cfg.budget / cfg.k3)
+        need = (rounds - 1) * cfg.k2 + cfg.k3
+        if n < need:
+            raise ZipError(
+                f"zip: a budget of {cfg.budget} docs needs {rounds} rounds of k3={cfg.k3} picks, and every round "
+                f"removes k2={cfg.k2} documents from the pool, so the pool needs at least {need} documents but "
+                f"has {n}: lower budget or k2 (max budget here: "
+                f"{(max(0, n - cfg.k3) // cfg.k2 + 1) * cfg.k3 if n >= cfg.k3 else 0}), or give a larger pool"
+            )
+    else:
+        total = int(tokens.sum()) if tokens is not None else 0
+        if total < cfg.budget:
+            raise ZipError(
+                f"zip: a budget of {cfg.budget} tokens exceeds the whole pool ({n} documents, {total} tokens): "
+                "lower budget or give a larger pool"
+            )
+        if n < cfg.k3:
+            raise ZipError(f"zip: the pool has {n} documents, fewer than k3={cfg.k3} picked per round: lower k3")
+
+
+def zip_select(
+    docs: pa.Table,
+    cfg: ZipConfig,
+    progress: Callable[[int, dict], None] | None = None,
+    token_count: Callable[[str], int] | None = None,
+) -> ZipResult:
+    """Select from `docs` (DOCS schema: doc_id, text, record used) with ZIP; see the module docstring."""
+    t_start = time.perf_counter()
+    n = docs.num_rows
+    doc_ids = docs.column("doc_id").to_pylist() if n else []
+    texts = docs.column("text").to_pylist() if n else []
+    tokens = None
+    if cfg.budget_unit == "tokens":
+        count = token_count or _token_counter(cfg.token_counter)
+        tokens = np.fromiter((count(t) for t in texts), np.int64, n)
+    _check(cfg, n, tokens)
+
+    if cfg.mode == "exact":
+        records = (
+            docs.column("record").to_pylist() if "record" in docs.column_names else [None] * n
+        )
+        items = [record_repr(r, t) for r, t in zip(records, texts)]
+        scorer = _ExactScorer(items, cfg.workers, cfg.parallel)
+    else:
+        items = [t.encode("utf-8") for t in texts]
+        scorer = _ZstdScorer(items, cfg.workers, cfg.zstd_level, cfg.zstd_window_log)
+
+    stage_reached = np.zeros(n, np.int8)
+    last_round = np.full(n, -1, np.int64)
+    order = np.full(n, -1, np.int64)
+    marginal = np.full(n, -1, np.int64)
+    used = np.zeros(n, bool)
+    selected: list[int] = []
+    rounds: list[dict] = []
+    stopped = "budget"
+    try:
+        t0 = time.perf_counter()
+        own, _ = scorer.own(n)
+        pi = own.copy()
+        last_score = own.copy()
+        seconds_init = time.perf_counter() - t0
+        positions = np.arange(n)
+
+        def done() -> bool:
+            if cfg.budget_unit == "docs":
+                return len(selected) >= cfg.budget
+            return int(tokens[selected].sum()) >= cfg.budget
+
+        while not done():
+            available = n - int(used.sum())
+            if available < cfg.k3:
+                stopped = "pool_exhausted"
+                break
+            rnd = len(rounds)
+            k1, k2 = min(cfg.k1, available), min(cfg.k2, available)
+            # stage 1 (global): K1 lowest stale π among unused documents, ties by position
+            t1 = time.perf_counter()
+            masked = np.where(used, np.inf, pi)
+            cand1 = np.argsort(masked, kind="stable")[:k1]
+            # stage 2 (coarse): ratio of selected + [x]; written back into π
+            t2 = time.perf_counter()
+            ratios, _ = scorer.coarse(selected, cand1)
+            pi[cand1] = ratios
+            last_score[cand1] = ratios
+            stage_reached[cand1] = np.maximum(stage_reached[cand1], 1)
+            last_round[cand1] = rnd
+            cand2 = cand1[np.lexsort((cand1, ratios))[:k2]]
+            used[cand2] = True
+            stage_reached[cand2] = 2
+            # stage 3 (fine): greedy over the K2
+            t3 = time.perf_counter()
+            remaining = sorted(int(i) for i in cand2)  # position order: ties go to the lowest position
+            picked: list[int] = []
+            for _ in range(cfg.k3):
+                scores, comp = scorer.fine(selected, picked, remaining)
+                last_score[remaining] = scores
+                best = int(np.argmin(scores))  # first minimum = lowest position among ties
+                doc = remaining.pop(best)
+                before = scorer.fine_set_size(picked)
+                marginal[doc] = int(comp[best]) - before
+                order[doc] = len(selected) + len(picked)
+                picked.append(doc)
+            selected.extend(picked)
+            t4 = time.perf_counter()
+            info = {
+                "round": rnd,
+                "k1": k1,
+                "k2": k2,
+                "seconds_global": t2 - t1,
+                "seconds_coarse": t3 - t2,
+                "seconds_fine": t4 - t3,
+                "n_selected": len(selected),
+                "pool_left": n - int(used.sum()),
+                "selected_ratio": scorer.selected_ratio(selected),
+            }
+            if tokens is not None:
+                info["tokens_selected"] = int(tokens[selected].sum())
+            rounds.append(info)
+            if progress is not None:
+                progress(rnd + 1, dict(info))
+    finally:
+        scorer.close()
+
+    t_final = time.perf_counter()
+    final = _final_ratio([texts[i] for i in selected], [items[i] for i in selected] if cfg.mode == "exact" else None,
+                         cfg.zstd_window_log)
+    is_sel = order >= 0
+    decisions = pa.table(
+        {
+            "doc_id": pa.array(doc_ids, pa.string()),
+            "selected": pa.array(is_sel),
+            "order": pa.array(order, pa.int64(), mask=~is_sel),
+            "round": pa.array(last_round, pa.int64(), mask=last_round < 0),
+            "stage_reached": pa.array([STAGES[s] for s in stage_reached], pa.string()),
+            "own_ratio": pa.array(own if n else np.zeros(0), pa.float64()),
+            "ratio": pa.array(last_score if n else np.zeros(0), pa.float64()),
+            "marginal_bytes": pa.array(marginal, pa.int64(), mask=~is_sel),
+        },
+        schema=DECISIONS_SCHEMA,
+    )
+    now = time.perf_counter()
+    return ZipResult(
+        selected=[doc_ids[i] for i in selected],
+        decisions=decisions,
+        rounds=rounds,
+        final_ratio=final,
+        stopped=stopped,
+        seconds={
+            "init": seconds_init,
+            "rounds": t_final - t_start - seconds_init,
+            "final": now - t_final,
+            "total": now - t_start,
+        },
+    )
+
+
+def _final_ratio(texts: list[str], reprs: list[bytes] | None, window_log: int) -> dict:
+    """Ratios of the selected set: texts joined by a blank line with zlib-9 and zstd (level 19, long window,
+    long-distance matching), and (exact mode) the reference's measure zlib-9 of str(records)."""
+    if not texts:
+        return {"zlib9": 0.0, "zstd": 0.0}
+    joined = join_texts(texts)
+    out = {
+        "zlib9": compression_ratio(joined, "zlib", 9),
+        "zstd": compression_ratio(joined, "zstd", ZSTD_LEVEL, window_log),
+        "bytes": len(joined),
+    }
+    if reprs is not None:
+        out["records_zlib9"] = compression_ratio(b"[" + b", ".join(reprs) + b"]", "zlib", 9)
+    return out
+
+
+__all__ = ["DECISIONS_SCHEMA", "ZipConfig", "ZipError", "ZipResult", "record_repr", "zip_select"]
+

@@ -1,0 +1,155 @@
+"""ZIP selection: exact mode == the naive reference (bench/zip/naive.py) id for id; sizes, decisions, errors, zstd."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import sample_records
+from selectflow.compression import set_ratio
+from selectflow.schema import DOCS
+from selectflow.select import DECISIONS_SCHEMA, ZipConfig, ZipError, record_repr, zip_select
+
+_spec = importlib.util.spec_from_file_location("zip_naive", Path(__file__).parents[1] / "bench" / "zip" / "naive.py")
+naive = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(naive)
+
+
+def _text(record: dict) -> str:
+    if "conversations" in record:
+        return "\n".join(turn["value"] for turn in record["conversations"])
+    return record["text"]
+
+
+def _docs(per_file: int = 60) -> pa.Table:
+    """Real documents: ShareGPT chat records, prose, code, licences (with near-copies), fortunes; some without a
+    record (plain text inputs)."""
+    rows = []
+    for name in ("qa", "prose", "code", "licenses", "fortunes", "dictionary"):
+        for k, record in enumerate(sample_records(f"{name}.jsonl.zst", per_file)):
+            text = _text(record)
+            rows.append({
+                "doc_id": f"{name}-{k}", "source": f"sample/{name}", "line": k + 1, "domain": record.get("domain"),
+                "text": text, "content_hash": str(k), "n_bytes": len(text.encode()),
+                "record": None if name == "fortunes" else json.dumps(record),
+            })
+    rng = np.random.default_rng(0)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    return pa.Table.from_pylist(rows, schema=DOCS)
+
+
+@pytest.fixture(scope="module")
+def docs() -> pa.Table:
+    return _docs()
+
+
+def _naive_ids(docs: pa.Table, budget, k1, k2, k3, tokens=None) -> list[str]:
+    records = [json.loads(r) if r is not None else {"text": t}
+               for r, t in zip(docs["record"].to_pylist(), docs["text"].to_pylist())]
+    ids = docs["doc_id"].to_pylist()
+    return [ids[i] for i in naive.naive_zip(records, budget, k1, k2, k3, processes=1, tokens=tokens)]
+
+
+@pytest.mark.parametrize(
+    "k1,k2,k3,budget,workers,parallel",
+    [(60, 20, 10, 35, 2, "threads"), (100, 30, 7, 30, 1, "threads"), (40, 40, 15, 30, 2, "processes")],
+)
+def test_exact_matches_naive_reference(docs, k1, k2, k3, budget, workers, parallel):
+    cfg = ZipConfig(k1=k1, k2=k2, k3=k3, budget=budget, workers=workers, parallel=parallel)
+    result = zip_select(docs, cfg)
+    assert len(result.selected) == math.ceil(budget / k3) * k3
+    assert result.selected == _naive_ids(docs, budget, k1, k2, k3)
+    assert len(set(result.selected)) == len(result.selected)
+
+
+def test_exact_tokens_budget_matches_naive(docs):
+    count = lambda text: len(text.split())  # noqa: E731
+    cfg = ZipConfig(k1=60, k2=20, k3=10, budget=6000, budget_unit="tokens", workers=2)
+    result = zip_select(docs, cfg)
+    tokens = [count(t) for t in docs["text"].to_pylist()]
+    assert result.selected == _naive_ids(docs, 6000, 60, 20, 10, tokens=tokens)
+    by_id = dict(zip(docs["doc_id"].to_pylist(), tokens))
+    total = sum(by_id[i] for i in result.selected)
+    assert total >= 6000 and total - sum(by_id[i] for i in result.selected[-10:]) < 6000  # stopped at first round over
+    assert result.rounds[-1]["tokens_selected"] == total
+    bytes4 = zip_select(docs, cfg.model_copy(update={"token_counter": "bytes4"}))
+    assert bytes4.selected == zip_select(docs, cfg, token_count=lambda t: -(-len(t.encode()) // 4)).selected
+
+
+def test_decisions_cover_every_doc_once(docs):
+    cfg = ZipConfig(k1=60, k2=20, k3=10, budget=30)
+    progress = []
+    result = zip_select(docs, cfg, progress=lambda r, info: progress.append((r, info)))
+    d = result.decisions
+    assert d.schema == DECISIONS_SCHEMA
+    assert sorted(d["doc_id"].to_pylist()) == sorted(docs["doc_id"].to_pylist())
+    assert d.num_rows == docs.num_rows
+    rows = {r["doc_id"]: r for r in d.to_pylist()}
+    assert [i for i in rows if rows[i]["selected"]] and sum(r["selected"] for r in rows.values()) == 30
+    for pos, doc_id in enumerate(result.selected):
+        row = rows[doc_id]
+        assert row["order"] == pos and row["stage_reached"] == "fine" and row["round"] == pos // 10
+        assert row["marginal_bytes"] > 0
+    stages = [r["stage_reached"] for r in rows.values()]
+    assert stages.count("fine") == 3 * 20  # every K2 candidate of every round
+    assert stages.count("global") > 0 and stages.count("coarse") > 0
+    for row in rows.values():
+        if row["stage_reached"] == "global":
+            assert row["round"] is None and row["ratio"] == row["own_ratio"]
+    assert [r for r, _ in progress] == [1, 2, 3]
+    assert [info["n_selected"] for _, info in progress] == [10, 20, 30]
+    assert all(set(info) >= {"seconds_global", "seconds_coarse", "seconds_fine", "selected_ratio"}
+               for info in result.rounds)
+    texts = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()))
+    assert result.final_ratio["zlib9"] == pytest.approx(set_ratio([texts[i] for i in result.selected]))
+    assert result.final_ratio["records_zlib9"] == pytest.approx(result.rounds[-1]["selected_ratio"])
+
+
+def test_record_serialization():
+    record = {"id": "x", "conversations": [{"from": "human", "value": "it's\n"}], "source": "s"}
+    assert record_repr(json.dumps(record), "ignored") == repr(record).encode()
+    assert record_repr(None, "plain 'text'") == repr({"text": "plain 'text'"}).encode()
+
+
+def test_errors_for_impossible_configs(docs):
+    n = docs.num_rows
+    with pytest.raises(ValueError, match="k3 <= k2 <= k1"):
+        ZipConfig(k1=10, k2=20, k3=5)
+    with pytest.raises(ValueError, match="k3 <= k2 <= k1"):
+        ZipConfig(k1=100, k2=20, k3=50)
+    with pytest.raises(ValueError):
+        ZipConfig(k1=100, unknown=1)
+    with pytest.raises(ZipError, match=f"has {n}"):
+        zip_select(docs, ZipConfig(k1=100, k2=50, k3=10, budget=n))
+    with pytest.raises(ZipError, match="empty"):
+        zip_select(docs.slice(0, 0), ZipConfig(k1=10, k2=5, k3=2, budget=2))
+    with pytest.raises(ZipError, match="tokens"):
+        zip_select(docs, ZipConfig(k1=10, k2=5, k3=2, budget=10**9, budget_unit="tokens"))
+    # k1 larger than the pool: clamped to the pool (the reference's torch.topk would raise)
+    small = docs.slice(0, 50)
+    result = zip_select(small, ZipConfig(k1=10_000, k2=20, k3=10, budget=20))
+    assert result.selected == _naive_ids(small, 20, 10_000, 20, 10)
+    # the largest budget the error message allows does run
+    assert len(zip_select(small, ZipConfig(k1=50, k2=20, k3=10, budget=30)).selected) == 30
+
+
+def test_tokens_budget_stops_when_pool_exhausted(docs):
+    small = docs.slice(0, 40)
+    cfg = ZipConfig(k1=40, k2=20, k3=5, budget=sum(len(t.split()) for t in small["text"].to_pylist()),
+                    budget_unit="tokens")
+    result = zip_select(small, cfg)
+    assert result.stopped == "pool_exhausted" and len(result.selected) == 10
+
+
+def test_zstd_mode_less_redundant_than_exact(docs):
+    cfg = ZipConfig(k1=200, k2=40, k3=20, budget=100)
+    exact = zip_select(docs, cfg)
+    zstd = zip_select(docs, cfg.model_copy(update={"mode": "zstd"}))
+    assert len(zstd.selected) == len(exact.selected) == 100 and len(set(zstd.selected)) == 100
+    assert zstd.decisions.num_rows == docs.num_rows
+    assert zstd.final_ratio["zstd"] <= exact.final_ratio["zstd"]
+    assert all(r["marginal_bytes"] > 0 for r in zstd.decisions.to_pylist() if r["selected"])
