@@ -139,3 +139,23 @@ def test_missing_input_fails_at_once(prefect_harness, tmp_path):
     with pytest.raises(IngestError, match="nope.jsonl"):
         curate(config)
     assert not (tmp_path / "ws" / "store").exists()
+
+
+def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
+    """The README's job: the embedded sample with its shipped config (process workers), under a test server."""
+    from flows.curate import curate
+    from selectflow.cli import SAMPLE_CONFIG
+    from tests.conftest import SHARED_MLFLOW
+
+    config = load_config(SAMPLE_CONFIG, {"workspace": str(tmp_path / "ws"), "tracking.tracking_uri": SHARED_MLFLOW})
+    assert config.dask.processes
+    summary = curate(config)
+    stages = {row["stage"]: row for row in summary["stages"]}
+    assert stages["ingest"]["docs_out"] == 17293 and summary["quarantine"]["count"] == 0
+    # The corpus README counts 786 byte-identical extra copies; normalization (case, whitespace) finds a few more.
+    assert 786 <= stages["dedup_exact"]["dropped"] < 900
+    assert 150 <= stages["dedup_near"]["dropped"] < 600
+    outputs = read_outputs(summary)
+    assert {row["domain"] for row in outputs} == {"prose", "code", "dictionary", "fortune", "license", "qa"}
+    qa = next(row for row in outputs if row["domain"] == "qa")
+    assert qa["text"].startswith("human: ") and "\n\ngpt: " in qa["text"] and '"conversations"' in qa["record"]
