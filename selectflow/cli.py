@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override one config field, dotted, e.g. --set dedup.near.threshold=0.8")
         sub.add_argument("--dask-address", help="use this Dask scheduler (tcp://host:8786) instead of a LocalCluster")
 
-    run = commands.add_parser("run", help="run the curate flow (ingest -> dedup) and print a summary")
+    run = commands.add_parser("run", help="run the curate flow (ingest -> dedup -> selection), print a summary")
     config_options(run)
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=cmd_run)
@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from selectflow.ingest import IngestError
+        from selectflow.select import ZipError
 
-        if isinstance(exc, IngestError):
+        if isinstance(exc, (IngestError, ZipError)):  # bad input or an impossible budget: say it, no traceback
             print(f"selectflow: error: {exc}", file=sys.stderr)
             return 2
         raise

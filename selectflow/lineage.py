@@ -11,7 +11,8 @@ from selectflow.store import ArtifactStore
 from selectflow.text import doc_id as make_doc_id
 
 # Stages that record a decision per document, in DAG order.
-DECISION_STAGES = ("dedup_exact", "dedup_near")
+DECISION_STAGES = ("dedup_exact", "dedup_near", "select_zip")
+_OUT = {"dropped": "dropped", "rejected": "not selected"}
 _FILE_LINE = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
 
 
@@ -52,8 +53,8 @@ def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> di
         files = [f for ref in run.refs(stage) for f in ref.files("decisions")]
         found = _find(files, "doc_id", doc, ["stage", "decision", "reason", "ref_doc_id", "score", "group"])
         result["decisions"].extend(found)
-        if any(d["decision"] == "dropped" for d in found):
-            result["final"] = f"out: dropped at {stage}"
+        if out := next((d["decision"] for d in found if d["decision"] in _OUT), None):
+            result["final"] = f"out: {_OUT[out]} at {stage}"
             return result
     result["final"] = "in: kept by every stage" if run.status == "completed" else f"undecided: run is {run.status}"
     return result

@@ -43,19 +43,23 @@ def run_summary(run: RunRecord, store: ArtifactStore) -> dict:
     ingest = ingest_metrics(ingested)
     rows = [{"stage": "ingest", "docs_in": ingest["docs_out"] + ingest["quarantined"], "docs_out": ingest["docs_out"],
              "dropped": ingest["quarantined"], "work_s": _work_seconds(ingested)}]
-    for stage in ("dedup_exact", "dedup_near"):
+    for stage in ("dedup_exact", "dedup_near", "select_zip"):
         refs = run.refs(stage)
+        if not refs:
+            continue
         stats = refs[0].manifest()["stats"]
         seconds = _work_seconds(refs + (run.refs("minhash") if stage == "dedup_near" else []))
         rows.append({"stage": stage, "docs_in": stats["docs_in"], "docs_out": stats["docs_out"],
                      "dropped": stats["dropped"], "work_s": seconds})
-    outputs = publish(run, "deduped", store)
+    deduped = publish(run, "deduped", store)
+    outputs = publish(run, "select_zip", store) if run.refs("select_zip") else deduped
     return {
         "run_id": run.run_id,
         "stages": rows,
         "quarantine": {"count": ingest["quarantined"], "reasons": quarantine_reasons(ingested),
                        "tables": [f for ref in ingested for f in ref.files("quarantine")]},
         "outputs": str(outputs),
+        "deduped": str(deduped),
         "docs_out": rows[-1]["docs_out"],
         "run_record": str(store.root / "runs" / f"{run.run_id}.json"),
         "mlflow_run_id": run.mlflow_run_id,

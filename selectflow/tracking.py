@@ -42,14 +42,29 @@ class Tracker:
             self.mlflow.log_params(_flatten(params))
             yield run
 
-    def stage(self, name: str, refs: list[ArtifactRef], params: dict, metrics: dict[str, float]) -> str:
-        """A nested run for one stage: parameters, metrics, every manifest, and output datasets for lineage."""
+    def stage(
+        self,
+        name: str,
+        refs: list[ArtifactRef],
+        params: dict,
+        metrics: dict[str, float],
+        series: list[dict[str, float]] | None = None,
+        texts: dict[str, str] | None = None,
+    ) -> str:
+        """A nested run for one stage: parameters, metrics, every manifest, and output datasets for lineage.
+
+        `series` holds one dict of metrics per step (e.g. per selection round); `texts` are files to attach.
+        """
         mlflow = self.mlflow
         with mlflow.start_run(
             experiment_id=self.experiment_id, run_name=name, nested=True, tags={"selectflow.stage": name}
         ) as run:
             mlflow.log_params(_flatten(params))
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            for step, values in enumerate(series or []):
+                mlflow.log_metrics({k: float(v) for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+            for filename, content in (texts or {}).items():
+                mlflow.log_text(content, filename)
             with tempfile.TemporaryDirectory() as tmp:
                 for ref in refs:
                     path = Path(tmp) / f"{ref.stage}-{ref.key}.json"

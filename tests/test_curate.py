@@ -11,12 +11,18 @@ from selectflow.store import ArtifactStore
 from tests.conftest import write_config
 
 
-def read_outputs(summary) -> list[dict]:
+def read_outputs(summary, which: str = "outputs") -> list[dict]:
     from pathlib import Path
 
-    files = sorted(Path(summary["outputs"]).glob("part-*.parquet"))
+    files = sorted(Path(summary[which]).glob("part-*.parquet"))
     rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     return sorted(rows, key=lambda r: r["doc_id"])
+
+
+def read_outputs_in_order(summary) -> list[dict]:
+    from pathlib import Path
+
+    return [row for f in sorted(Path(summary["outputs"]).glob("part-*.parquet")) for row in pq.read_table(f).to_pylist()]
 
 
 @pytest.fixture
@@ -35,9 +41,12 @@ def test_curate_small_corpus(prefect_harness, small_config):
     assert stages["dedup_exact"]["dropped"] > 0 and stages["dedup_near"]["dropped"] > 0
     assert stages["dedup_exact"]["docs_in"] == stages["ingest"]["docs_out"]
     assert stages["dedup_near"]["docs_in"] == stages["dedup_exact"]["docs_out"]
+    deduped = read_outputs(summary, "deduped")
+    assert len(deduped) == stages["dedup_near"]["docs_out"] == stages["select_zip"]["docs_in"]
+    assert len({row["content_hash"] for row in deduped}) == len(deduped)  # no exact duplicates left
     outputs = read_outputs(summary)
-    assert len(outputs) == summary["docs_out"] == stages["dedup_near"]["docs_out"]
-    assert len({row["content_hash"] for row in outputs}) == len(outputs)  # no exact duplicates left
+    assert len(outputs) == summary["docs_out"] == stages["select_zip"]["docs_out"] == 150  # ceil(150/25)*25
+    assert {row["doc_id"] for row in outputs} <= {row["doc_id"] for row in deduped}
 
     store = ArtifactStore(small_config.workspace / "store")
     run = load_run(store)
@@ -53,12 +62,18 @@ def test_curate_small_corpus(prefect_harness, small_config):
     assert lineage["final"] == "out: dropped at dedup_near"
     assert "near-duplicate of" in lineage["decisions"][-1]["reason"]
     kept = doc_lineage(store, outputs[0]["doc_id"])
-    assert kept["final"] == "in: kept by every stage" and len(kept["decisions"]) == 3
+    assert kept["final"] == "in: kept by every stage" and len(kept["decisions"]) == 4
+    assert kept["decisions"][-1]["reason"].startswith("selected in round ")
+    zip_decisions = run.refs("select_zip")[0].read("decisions")
+    assert zip_decisions.num_rows == len(deduped)
+    rejected = zip_decisions.filter(pc.equal(zip_decisions["decision"], "rejected"))["doc_id"][0].as_py()
+    assert doc_lineage(store, rejected)["final"] == "out: not selected at select_zip"
     bad = doc_lineage(store, f"{small_config.ingest.inputs[1].path}:2")
     assert bad["final"].startswith("out: quarantined at ingest (malformed JSON")
 
     graph = run_graph(store)
-    assert [s["stage"] for s in graph["stages"]] == ["ingest", "dedup_exact", "minhash", "dedup_near", "deduped"]
+    assert [s["stage"] for s in graph["stages"]] == [
+        "ingest", "dedup_exact", "minhash", "dedup_near", "deduped", "select_zip"]
     assert len(graph["stages"][0]["artifacts"]) == 13
 
     import mlflow
@@ -70,7 +85,12 @@ def test_curate_small_corpus(prefect_harness, small_config):
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_stage = {child.data.tags["selectflow.stage"]: child for child in children}
-    assert set(by_stage) == {"ingest", "dedup_exact", "dedup_near"}
+    assert set(by_stage) == {"ingest", "dedup_exact", "dedup_near", "select_zip"}
+    zip_run = by_stage["select_zip"]
+    assert zip_run.data.metrics["selected"] == 150 and zip_run.data.metrics["final_ratio.zlib9"] > 1
+    assert len(client.get_metric_history(zip_run.info.run_id, "seconds_coarse")) == 6  # one per round
+    selected_ids = client.download_artifacts(zip_run.info.run_id, "selected_ids.txt")
+    assert open(selected_ids).read().split() == [row["doc_id"] for row in read_outputs_in_order(summary)]
     assert by_stage["dedup_exact"].data.metrics["dropped"] == stages["dedup_exact"]["dropped"]
     assert by_stage["ingest"].inputs.dataset_inputs  # artifacts logged as datasets
     assert client.list_artifacts(by_stage["ingest"].info.run_id, "manifests")

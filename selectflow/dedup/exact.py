@@ -57,10 +57,10 @@ def exact_duplicates_dask(parquet_paths: list[str], client=None) -> pa.Table:
     """`exact_duplicates` over DOCS-schema Parquet shards with dask.dataframe (a groupby across shards).
 
     Reads only doc_id, content_hash, source, line. Plan: a tree-reduced groupby over all shards gives, per
-    content_hash, the copy count and the smallest sort key ``source \\0 line(20 digits) \\0 doc_id``; only the groups
-    with more than one copy come back (small), then only the rows of those groups (a filter, no shuffle); keeper and
-    duplicates are resolved locally. Uses `client` when given, else dask's current default scheduler.
-    Equal to ``exact_duplicates(concat of the shards)``.
+    content_hash, the copy count and the smallest sort key ``source \\0 line(20 digits) \\0 doc_id`` (whose last field
+    is the keeper's doc_id); only the groups with more than one copy come back (small), then a broadcast join of the
+    shards against them (per partition, no shuffle) yields the non-keeper rows. Uses `client` when given, else
+    dask's current default scheduler. Equal to ``exact_duplicates(concat of the shards)``.
     """
     import dask
     import dask.dataframe as dd
@@ -78,16 +78,15 @@ def exact_duplicates_dask(parquet_paths: list[str], client=None) -> pa.Table:
         ddf = ddf.assign(key=ddf["source"].astype(object) + "\0"
                          + ddf["line"].astype("int64").astype(str).str.zfill(20) + "\0" + ddf["doc_id"].astype(object))
         stats = ddf.groupby("content_hash").agg(copies=("doc_id", "count"), keeper_key=("key", "min"))
-        stats = compute(stats[stats["copies"] > 1])
+        stats = compute(stats[stats["copies"] > 1][["keeper_key"]])
         if len(stats) == 0:
             return _empty()
-        rows = compute(ddf[ddf["content_hash"].isin(stats.index.tolist())])
-    rows = rows.merge(stats, left_on="content_hash", right_index=True)
-    keeper = rows["key"] == rows["keeper_key"]
-    keepers = rows.loc[keeper, ["content_hash", "doc_id"]].rename(columns={"doc_id": "dup_of"})
-    frame = rows.loc[~keeper, ["content_hash", "doc_id", "source", "line"]].merge(keepers, on="content_hash")
-    if len(frame) == 0:
+        # Broadcast hash join against the (small, in-memory) duplicate groups: per partition, no shuffle.
+        rows = ddf.merge(stats, left_on="content_hash", right_index=True, how="inner")
+        rows = compute(rows[rows["key"] != rows["keeper_key"]][["doc_id", "source", "line", "keeper_key"]])
+    if len(rows) == 0:
         return _empty()
+    frame = rows.assign(dup_of=rows["keeper_key"].str.rsplit("\0", n=1).str[-1])
     table = pa.Table.from_pandas(frame[["doc_id", "dup_of", "source", "line"]].reset_index(drop=True),
                                  preserve_index=False)
     table = table.sort_by([("source", "ascending"), ("line", "ascending"), ("doc_id", "ascending")])

@@ -60,7 +60,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
 
 from selectflow.compression import (
     SEPARATOR,
@@ -71,7 +70,7 @@ from selectflow.compression import (
     join_texts,
     set_ratio,
 )
-from selectflow.config import _Strict
+from selectflow.config import ZipConfig
 
 STAGES = ("global", "coarse", "fine")
 
@@ -95,57 +94,6 @@ DECISIONS_SCHEMA = pa.schema(
 
 class ZipError(ValueError):
     """A ZIP configuration that cannot run on this pool; the message says what to change."""
-
-
-class ZipConfig(_Strict):
-    """ZIP selection (Entropy Law): keep the documents that compress worst together (least redundant)."""
-
-    mode: Literal["exact", "zstd"] = Field(
-        "exact",
-        description="'exact': the published algorithm (zlib-9 ratio of the repr of the records, stage 3 with an "
-        "empty anchor), same picks as the reference code. 'zstd': same stages, but each candidate is scored by its "
-        "marginal zstd ratio against the WHOLE selected set (text only), so repetition beyond 32 KB counts.",
-    )
-    k1: int = Field(10_000, ge=1, description="Stage 1 (global): candidates with the lowest stale ratio per round.")
-    k2: int = Field(200, ge=1, description="Stage 2 (coarse): re-scored candidates kept per round (all leave the pool).")
-    k3: int = Field(100, ge=1, description="Stage 3 (fine): documents picked greedily per round.")
-    budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
-    budget_unit: Literal["docs", "tokens"] = Field(
-        "docs",
-        description="'docs': stop at >= budget documents (output = ceil(budget/k3)*k3 documents); 'tokens': stop "
-        "once the selected documents hold >= budget tokens (see token_counter).",
-    )
-    token_counter: Literal["whitespace", "bytes4"] = Field(
-        "whitespace",
-        description="Tokens of a text for a tokens budget: 'whitespace' = whitespace-separated words, "
-        "'bytes4' = ceil(UTF-8 bytes / 4). A callable passed to zip_select overrides it.",
-    )
-    zstd_level: int = Field(
-        9, ge=1, le=22, description="zstd mode: level of the marginal-cost compressions (9: good matches, fast)."
-    )
-    zstd_window_log: int = Field(
-        27,
-        ge=10,
-        le=30,
-        description="zstd window = 2**zstd_window_log bytes: must cover the selected set (27 = 128 MB). Also used "
-        "for the final set's zstd ratio.",
-    )
-    workers: int = Field(2, ge=1, le=256, description="Parallel workers scoring candidates (1 = serial).")
-    parallel: Literal["threads", "processes"] = Field(
-        "threads",
-        description="How workers run: 'threads' (zlib/zstd release the GIL; no copies of the pool) or 'processes' "
-        "(forked workers, each keeping its own prefix streams).",
-    )
-
-    @model_validator(mode="after")
-    def _stage_sizes(self) -> ZipConfig:
-        if not self.k3 <= self.k2 <= self.k1:
-            raise ValueError(
-                f"zip: need k3 <= k2 <= k1, got k1={self.k1}, k2={self.k2}, k3={self.k3}; "
-                "stage 2 keeps k2 of the k1 stage-1 candidates and stage 3 picks k3 of those k2: "
-                "raise k1/k2 or lower k2/k3"
-            )
-        return self
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""ZIP selection stage: the deduplicated pool -> the selected documents, in selection order, with a reason for each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+
+import selectflow.compression as compression_lib
+import selectflow.select.zip as zip_lib
+from selectflow.config import ZipConfig
+from selectflow.schema import DECISIONS
+from selectflow.select.zip import zip_select
+from selectflow.store import ArtifactRef, ArtifactStore, code_version
+
+STAGE = "select_zip"
+_CODE = code_version(zip_lib, compression_lib)
+
+
+def _reason(row: dict, mode: str) -> str:
+    measure = "zlib-9 ratio of the records" if mode == "exact" else "marginal zstd ratio"
+    if row["selected"]:
+        return (f"selected in round {row['round']} as #{row['order'] + 1} at {measure} {row['ratio']:.3f} "
+                f"(+{row['marginal_bytes']} compressed bytes; own ratio {row['own_ratio']:.3f})")
+    where = {"global": "never among the lowest-ratio candidates",
+             "coarse": f"reached the coarse stage in round {row['round']}",
+             "fine": f"reached the fine stage in round {row['round']} but was not picked"}[row["stage_reached"]]
+    return f"not selected: {where}; ratio at rejection {row['ratio']:.3f} (own ratio {row['own_ratio']:.3f})"
+
+
+def zip_stage(
+    store: ArtifactStore, pool: list[ArtifactRef], cfg: ZipConfig, progress: Callable[[int, dict], None] | None = None
+) -> ArtifactRef:
+    config = cfg.model_dump()
+    inputs = [ref.key for ref in pool]
+    key = store.key(STAGE, config, inputs, _CODE)
+    if cached := store.get(STAGE, key):
+        return cached
+    with store.writer(STAGE, key, inputs, config, _CODE) as writer:
+        docs = pa.concat_tables([ref.read("docs") for ref in pool])
+        result = zip_select(docs, cfg, progress=progress)
+        rows = result.decisions.to_pylist()
+        writer.write("decisions", pa.table({
+            "doc_id": [r["doc_id"] for r in rows],
+            "stage": [STAGE] * len(rows),
+            "decision": ["selected" if r["selected"] else "rejected" for r in rows],
+            "reason": [_reason(r, cfg.mode) for r in rows],
+            "ref_doc_id": [None] * len(rows),
+            "score": [r["ratio"] for r in rows],
+            "group": [None if r["round"] is None else f"round {r['round']}" for r in rows],
+        }, schema=DECISIONS))
+        writer.write("zip_decisions", result.decisions)
+        position = {doc_id: index for index, doc_id in enumerate(docs["doc_id"].to_pylist())}
+        writer.write("docs", docs.take([position[doc_id] for doc_id in result.selected]))
+        writer.write_json("rounds.json", result.rounds)
+        writer.stats(docs_in=docs.num_rows, docs_out=len(result.selected), dropped=docs.num_rows - len(result.selected),
+                     stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
+                     rounds=len(result.rounds))
+        return writer.commit()
