@@ -126,10 +126,10 @@ def near_dedup(
             row = near.get(doc)
             if row:
                 decision.append("dropped")
-                reason.append(
-                    f"near-duplicate of {row['dup_of']} (estimated Jaccard {row['similarity']:.2f}; linked via "
-                    f"{row['linked_by']} at {row['edge_similarity']:.2f}; component of {members[row['component']]})"
-                )
+                via = "" if row["linked_by"] == row["dup_of"] else (
+                    f"; linked via {row['linked_by']} at {row['edge_similarity']:.2f}")
+                reason.append(f"near-duplicate of {row['dup_of']} (estimated Jaccard {row['similarity']:.2f}{via}; "
+                              f"component of {members[row['component']]})")
                 ref.append(row["dup_of"]), score.append(row["similarity"]), group.append(row["component"])
             else:
                 decision.append("kept")
