@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.runner import run_shards
 from selectflow.config import IngestConfig
 from selectflow.ingest import InputFile
 from selectflow.store import ArtifactRef
 from tasks.common import shard_task_options
 from tasks.ingest import ingested_shards
-from flows.runner import run_shards
 
 
 @flow(name="ingest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import pyarrow.dataset as ds
 
 from selectflow.ingest import canonical_uri

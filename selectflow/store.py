@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,17 @@ class ArtifactStore:
 
     def writer(self, stage: str, key: str, inputs: list[str], config: dict, code: str) -> ArtifactWriter:
         return ArtifactWriter(self, stage, key, inputs, config, code)
+
+    def build(
+        self, stage: str, config: dict, inputs: list[str], code: str, write: Callable[[ArtifactWriter], None]
+    ) -> ArtifactRef:
+        """The artifact for these inputs, config and code: found in the store, or written by `write` and committed."""
+        key = self.key(stage, config, inputs, code)
+        if cached := self.get(stage, key):
+            return cached
+        with self.writer(stage, key, inputs, config, code) as writer:
+            write(writer)
+            return writer.commit()
 
     def clean_tmp(self, older_than_s: float = 3600) -> int:
         """Remove temporary folders left by killed writers."""

@@ -7,10 +7,8 @@ import os
 import re
 from pathlib import Path
 
-
 from selectflow.runs import RunRecord
 from selectflow.store import ArtifactRef, ArtifactStore
-
 
 _DIGITS = re.compile(r"(?<=\s)\d+")  # counts and offsets, not the 8 of UTF-8
 

@@ -5,8 +5,8 @@ import zlib
 
 import pytest
 import zstandard
-
 from conftest import sample_records
+
 from selectflow.compression import (
     ReprListPrefix,
     ZlibPrefix,

@@ -1,7 +1,7 @@
 import pytest
 
-from selectflow.config import ConfigError, CurateConfig, NearDedupConfig, load_config
 from selectflow.cli import SAMPLE_CONFIG
+from selectflow.config import ConfigError, CurateConfig, NearDedupConfig, load_config
 
 
 def test_sample_config_loads_and_resolves_paths():

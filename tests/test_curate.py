@@ -108,8 +108,9 @@ def test_rerun_is_cached_and_identical(prefect_harness, small_config):
 
 
 def test_grown_corpus_reuses_unchanged_shards(prefect_harness, small_config, small_corpus, tmp_path):
-    from flows.curate import curate
     import shutil
+
+    from flows.curate import curate
 
     grown = tmp_path / "grown"
     grown.mkdir()

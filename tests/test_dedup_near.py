@@ -2,6 +2,7 @@
 and precision/recall against exact-Jaccard ground truth on the embedded sample corpus."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -13,8 +14,6 @@ from selectflow.dedup import minhash as mh_mod
 from selectflow.dedup.evaluate import pair_scores, shingle_matrix, true_labels, true_pairs
 from selectflow.dedup.minhash import EMPTY, MinHasher, jaccard_estimate, shingles
 from selectflow.dedup.near import near_duplicates
-
-import os
 
 # SELECTFLOW_DEDUP_SAMPLE: another folder of *.jsonl.zst to evaluate on (default: the embedded sample corpus).
 SAMPLE = Path(os.environ.get("SELECTFLOW_DEDUP_SAMPLE") or Path(__file__).parents[1] / "selectflow" / "data" / "sample")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import sample_records
+
 from selectflow.compression import set_ratio
 from selectflow.schema import DOCS
 from selectflow.select import DECISIONS_SCHEMA, ZipConfig, ZipError, record_repr, zip_select

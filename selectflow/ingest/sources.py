@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import fsspec
 from fsspec.core import has_magic
-from fsspec.utils import glob_translate
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import glob_translate
 
 from selectflow.config import IngestConfig, InputSpec
 

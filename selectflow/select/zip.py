@@ -56,7 +56,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -352,7 +351,6 @@ def zip_select(
         pi = own.copy()
         last_score = own.copy()
         seconds_init = time.perf_counter() - t0
-        positions = np.arange(n)
 
         def done() -> bool:
             if cfg.budget_unit == "docs":

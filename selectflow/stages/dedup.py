@@ -15,7 +15,7 @@ from selectflow.dedup.exact import exact_duplicates, exact_duplicates_dask
 from selectflow.dedup.minhash import MinHasher
 from selectflow.dedup.near import near_duplicates
 from selectflow.schema import DECISIONS
-from selectflow.store import ArtifactRef, ArtifactStore, Shard, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, Shard, code_version
 
 EXACT, SIGNATURES, NEAR, DEDUPED = "dedup_exact", "minhash", "dedup_near", "deduped"
 KEY_COLUMNS = ["doc_id", "content_hash", "source", "line"]
@@ -44,12 +44,7 @@ def dropped_ids(decisions: ArtifactRef) -> pa.Array:
 
 
 def exact_dedup(store: ArtifactStore, shards: list[Shard], cfg: ExactDedupConfig, client=None) -> ArtifactRef:
-    config = cfg.model_dump()
-    inputs = [shard.sha256 for shard in shards]
-    key = store.key(EXACT, config, inputs, _CODE)
-    if cached := store.get(EXACT, key):
-        return cached
-    with store.writer(EXACT, key, inputs, config, _CODE) as writer:
+    def write(writer: ArtifactWriter) -> None:
         paths = [shard.path for shard in shards]
         keys = pa.concat_tables([pq.read_table(p, columns=KEY_COLUMNS) for p in paths])
         if not cfg.enabled:
@@ -76,15 +71,12 @@ def exact_dedup(store: ArtifactStore, shards: list[Shard], cfg: ExactDedupConfig
         writer.write("decisions", _decisions(ids, EXACT, decision, reason, ref, group=hashes))
         writer.stats(docs_in=len(ids), docs_out=len(ids) - len(dup_of), dropped=len(dup_of),
                      duplicate_rate=len(dup_of) / max(len(ids), 1))
-        return writer.commit()
+
+    return store.build(EXACT, cfg.model_dump(), [shard.sha256 for shard in shards], _CODE, write)
 
 
 def minhash_shard(store: ArtifactStore, shard: Shard, cfg: NearDedupConfig) -> ArtifactRef:
-    config = cfg.model_dump(exclude={"enabled", "threshold", "bands", "rows"})
-    key = store.key(SIGNATURES, config, [shard.sha256], _CODE)
-    if cached := store.get(SIGNATURES, key):
-        return cached
-    with store.writer(SIGNATURES, key, [shard.sha256], config, _CODE) as writer:
+    def write(writer: ArtifactWriter) -> None:
         docs = pq.read_table(shard.path, columns=["doc_id", "source", "line", "text"])
         hasher = MinHasher(num_perm=cfg.num_perm, ngram=cfg.ngram, unit=cfg.unit, seed=cfg.seed)
         signatures = hasher.signatures(docs["text"].to_pylist()).astype(np.uint32, copy=False)
@@ -94,18 +86,16 @@ def minhash_shard(store: ArtifactStore, shard: Shard, cfg: NearDedupConfig) -> A
             "signature": pa.FixedSizeListArray.from_arrays(flat, cfg.num_perm),
         }))
         writer.stats(docs=docs.num_rows)
-        return writer.commit()
+
+    # Signatures depend on the shingling and permutations only, so LSH/threshold changes reuse them.
+    config = cfg.model_dump(exclude={"enabled", "threshold", "bands", "rows"})
+    return store.build(SIGNATURES, config, [shard.sha256], _CODE, write)
 
 
 def near_dedup(
     store: ArtifactStore, signatures: list[ArtifactRef], exact: ArtifactRef, cfg: NearDedupConfig, client=None
 ) -> ArtifactRef:
-    config = cfg.model_dump()
-    inputs = [exact.key] + [ref.key for ref in signatures]
-    key = store.key(NEAR, config, inputs, _CODE)
-    if cached := store.get(NEAR, key):
-        return cached
-    with store.writer(NEAR, key, inputs, config, _CODE) as writer:
+    def write(writer: ArtifactWriter) -> None:
         table = pa.concat_tables([ref.read("signatures") for ref in signatures])
         table = table.filter(pc.invert(pc.is_in(table["doc_id"], value_set=dropped_ids(exact))))
         ids = table["doc_id"].to_pylist()
@@ -143,19 +133,18 @@ def near_dedup(
         writer.write("decisions", _decisions(ids, NEAR, decision, reason, ref, score, group))
         writer.stats(docs_in=len(ids), docs_out=len(ids) - len(near), dropped=len(near),
                      duplicate_rate=len(near) / max(len(ids), 1), components=len(members))
-        return writer.commit()
+
+    return store.build(NEAR, cfg.model_dump(), [exact.key] + [ref.key for ref in signatures], _CODE, write)
 
 
 def filter_shard(store: ArtifactStore, shard: Shard, decisions: list[ArtifactRef]) -> ArtifactRef:
     """The shard's documents minus everything a dedup stage dropped."""
-    inputs = [shard.sha256] + [ref.key for ref in decisions]
-    key = store.key(DEDUPED, {}, inputs, _CODE)
-    if cached := store.get(DEDUPED, key):
-        return cached
-    with store.writer(DEDUPED, key, inputs, {}, _CODE) as writer:
+
+    def write(writer: ArtifactWriter) -> None:
         docs = pq.read_table(shard.path)
         drop = pa.concat_arrays([dropped_ids(ref).combine_chunks() for ref in decisions])
         kept = docs.filter(pc.invert(pc.is_in(docs["doc_id"], value_set=drop)))
         writer.write("docs", kept)
         writer.stats(docs_in=docs.num_rows, docs_out=kept.num_rows)
-        return writer.commit()
+
+    return store.build(DEDUPED, {}, [shard.sha256] + [ref.key for ref in decisions], _CODE, write)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import selectflow.ingest as ingest_lib
 from selectflow.config import IngestConfig
 from selectflow.ingest import InputFile, read_input
-from selectflow.store import ArtifactRef, ArtifactStore, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
 
 STAGE = "ingest"
 CODE = code_version(*ingest_lib.MODULES)
@@ -24,12 +24,8 @@ def ingest_key_config(file: InputFile, cfg: IngestConfig) -> dict:
 
 
 def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> ArtifactRef:
-    config = ingest_key_config(file, cfg)
-    key = store.key(STAGE, config, [file.fingerprint], CODE)
-    if cached := store.get(STAGE, key):
-        return cached
-    docs = quarantined = n_bytes = 0
-    with store.writer(STAGE, key, [file.fingerprint], config, CODE) as writer:
+    def write(writer: ArtifactWriter) -> None:
+        docs = quarantined = n_bytes = 0
         for doc_batch, quarantine_batch in read_input(file, cfg):
             if doc_batch.num_rows:
                 writer.write("docs", doc_batch)
@@ -39,4 +35,5 @@ def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> Art
                 writer.write("quarantine", quarantine_batch)
                 quarantined += quarantine_batch.num_rows
         writer.stats(source=file.uri, docs=docs, quarantined=quarantined, text_bytes=n_bytes, input_bytes=file.size)
-        return writer.commit()
+
+    return store.build(STAGE, ingest_key_config(file, cfg), [file.fingerprint], CODE, write)

@@ -11,7 +11,7 @@ import selectflow.select.zip as zip_lib
 from selectflow.config import ZipConfig
 from selectflow.schema import DECISIONS
 from selectflow.select.zip import zip_select
-from selectflow.store import ArtifactRef, ArtifactStore, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
 
 STAGE = "select_zip"
 _CODE = code_version(zip_lib, compression_lib)
@@ -31,12 +31,7 @@ def _reason(row: dict, mode: str) -> str:
 def zip_stage(
     store: ArtifactStore, pool: list[ArtifactRef], cfg: ZipConfig, progress: Callable[[int, dict], None] | None = None
 ) -> ArtifactRef:
-    config = cfg.model_dump()
-    inputs = [ref.key for ref in pool]
-    key = store.key(STAGE, config, inputs, _CODE)
-    if cached := store.get(STAGE, key):
-        return cached
-    with store.writer(STAGE, key, inputs, config, _CODE) as writer:
+    def write(writer: ArtifactWriter) -> None:
         docs = pa.concat_tables([ref.read("docs") for ref in pool])
         result = zip_select(docs, cfg, progress=progress)
         rows = result.decisions.to_pylist()
@@ -56,4 +51,5 @@ def zip_stage(
         writer.stats(docs_in=docs.num_rows, docs_out=len(result.selected), dropped=docs.num_rows - len(result.selected),
                      stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
                      rounds=len(result.rounds))
-        return writer.commit()
+
+    return store.build(STAGE, cfg.model_dump(), [ref.key for ref in pool], _CODE, write)
