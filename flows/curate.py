@@ -1,6 +1,5 @@
 """The `curate` DAG: ingest -> exact + near dedup -> selection (ZIP)."""
 
-from __future__ import annotations
 
 import contextlib
 import json

@@ -1,5 +1,3 @@
-from __future__ import annotations
-
 from prefect import flow
 
 from flows.runner import run_shards

@@ -1,6 +1,5 @@
 """Running shard tasks: one Dask cluster per flow run, progress as shards finish, stale caches refreshed."""
 
-from __future__ import annotations
 
 import contextlib
 import logging

@@ -96,3 +96,23 @@ def test_deployment_runs_on_a_worker_with_real_servers(tmp_path, small_corpus):
     lineage = doc_lineage(store, ids[0])
     assert lineage["final"] == "in: kept by every stage"
     assert lineage["origin"]["source"].startswith(f"file://{small_corpus}")
+
+
+def test_selectflow_serve_takes_triggered_runs(tmp_path, small_corpus):
+    config = write_config(tmp_path / "c.yaml", [{"path": str(small_corpus / "part-0[0-3].jsonl")}], tmp_path / "ws")
+    with prefect_server(tmp_path / "prefect-home") as api:
+        env = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "client-home"))
+        serve = [str(BIN / "selectflow"), "serve", "--config", str(config), "--name", "nightly", "--cron", "30 2 * * *"]
+        with server(serve, env, lambda: api_call(api, "/deployments/name/curate/nightly"), "selectflow serve",
+                    cwd=str(REPO)):
+            deployment = api_call(api, "/deployments/name/curate/nightly")
+            assert deployment["schedules"][0]["schedule"]["cron"] == "30 2 * * *"
+            defaults = deployment["parameters"]["config"]
+            assert defaults["ingest"]["inputs"][0]["path"].endswith("part-0[0-3].jsonl")
+            override = json.loads(json.dumps(defaults))
+            override["selection"]["zip"]["budget"] = 50  # a per-run override, as from the UI form
+            run = api_call(api, f"/deployments/{deployment['id']}/create_flow_run",
+                           {"parameters": {"config": override}})
+            finished = wait_for_run(api, run["id"])
+        assert finished["state"]["type"] == "COMPLETED", finished["state"]["message"]
+        assert len(selected_ids(tmp_path / "ws")) == 50  # ceil(50 / k3=25) * 25
