@@ -1,6 +1,5 @@
 """The `curate` DAG: ingest -> exact + near dedup -> selection (ZIP)."""
 
-
 import contextlib
 import json
 import uuid

@@ -1,6 +1,5 @@
 """Running shard tasks: one Dask cluster per flow run, progress as shards finish, stale caches refreshed."""
 
-
 import contextlib
 import logging
 
