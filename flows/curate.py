@@ -64,7 +64,8 @@ def curate(config: CurateConfig) -> dict:
         if "select_zip" in selected:
             track_zip(tracker, selected["select_zip"], config.selection.zip)
 
-        run.summary = summary.run_summary(run, store)
+        published = {stage: summary.publish(run, stage, store) for stage in ("deduped", *selected)}
+        run.summary = summary.run_summary(run, store, published)
         run.status = "completed"
         run.save(store)
         tracker.log_summary(summary.summary_metrics(run.summary), {"summary.json": run.summary})

@@ -36,7 +36,8 @@ def _work_seconds(refs: list[ArtifactRef]) -> float:
     return round(sum(ref.manifest().get("seconds", 0.0) for ref in refs), 2)
 
 
-def run_summary(run: RunRecord, store: ArtifactStore) -> dict:
+def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) -> dict:
+    """`outputs`: the published folders by stage (see `publish`); the last one is the run's result."""
     ingested = run.refs("ingest")
     ingest = ingest_metrics(ingested)
     rows = [{"stage": "ingest", "docs_in": ingest["docs_out"] + ingest["quarantined"], "docs_out": ingest["docs_out"],
@@ -49,15 +50,13 @@ def run_summary(run: RunRecord, store: ArtifactStore) -> dict:
         seconds = _work_seconds(refs + (run.refs("minhash") if stage == "dedup_near" else []))
         rows.append({"stage": stage, "docs_in": stats["docs_in"], "docs_out": stats["docs_out"],
                      "dropped": stats["dropped"], "work_s": seconds})
-    deduped = publish(run, "deduped", store)
-    outputs = publish(run, "select_zip", store) if run.refs("select_zip") else deduped
     return {
         "run_id": run.run_id,
         "stages": rows,
         "quarantine": {"count": ingest["quarantined"], "reasons": quarantine_reasons(ingested),
                        "tables": [f for ref in ingested for f in ref.files("quarantine")]},
-        "outputs": str(outputs),
-        "deduped": str(deduped),
+        "outputs": str(list(outputs.values())[-1]),
+        "deduped": str(outputs["deduped"]),
         "docs_out": rows[-1]["docs_out"],
         "run_record": str(store.root / "runs" / f"{run.run_id}.json"),
         "mlflow_run_id": run.mlflow_run_id,

@@ -74,8 +74,15 @@ def test_deployment_runs_on_a_worker_with_real_servers(tmp_path, small_corpus):
             out = run_cli(["deployment", "run", "curate/curate", "--param", f"config={local}"], env)
             local_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
             dask_run, local_run = wait_for_run(api, on_dask["id"]), wait_for_run(api, local_id)
+            retried, ingest_before = failed_run_retried_from_ui(api, deployment["id"], tmp_path, small_corpus, mlflow_url)
         assert dask_run["state"]["type"] == "COMPLETED", dask_run["state"]
         assert local_run["state"]["type"] == "COMPLETED", local_run["state"]
+
+        assert retried["state"]["type"] == "COMPLETED", retried["state"]["message"]
+        assert retried["run_count"] == 2
+        ingest = tmp_path / "retry" / "store" / "artifacts" / "ingest"
+        after = {p.parent.name: p.stat().st_mtime_ns for p in ingest.glob("*/manifest.json")}
+        assert len(after) == 6 and all(after[key] == mtime for key, mtime in ingest_before.items())
 
         ids = selected_ids(tmp_path / "dask")
         assert len(ids) == 150 and ids == selected_ids(tmp_path / "local")
@@ -96,6 +103,32 @@ def test_deployment_runs_on_a_worker_with_real_servers(tmp_path, small_corpus):
     lineage = doc_lineage(store, ids[0])
     assert lineage["final"] == "in: kept by every stage"
     assert lineage["origin"]["source"].startswith(f"file://{small_corpus}")
+
+
+def failed_run_retried_from_ui(api: str, deployment_id: str, tmp_path: Path, corpus: Path, mlflow_url: str):
+    """A run fails (its pool is too small for the ZIP budget); more data arrives; the run is retried the way the UI's
+    Retry button does it (state AwaitingRetry). The retry reuses the shards the failed attempt finished."""
+    import shutil
+
+    from selectflow.config import load_config
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("part-00.jsonl", "part-01.jsonl"):
+        shutil.copy(corpus / name, inbox / name)
+    config = load_config(write_config(tmp_path / "retry.yaml", [{"path": str(inbox / "*.jsonl")}], tmp_path / "retry",
+                                      tracking={"tracking_uri": mlflow_url})).model_dump(mode="json")
+    run = api_call(api, f"/deployments/{deployment_id}/create_flow_run", {"parameters": {"config": config}})
+    failed = wait_for_run(api, run["id"])
+    assert failed["state"]["type"] == "FAILED" and "the pool needs at least" in failed["state"]["message"]
+    ingest = tmp_path / "retry" / "store" / "artifacts" / "ingest"
+    before = {p.parent.name: p.stat().st_mtime_ns for p in ingest.glob("*/manifest.json")}
+    assert len(before) == 2
+    for name in ("part-02.jsonl", "part-03.jsonl", "part-04.jsonl", "part-05.jsonl"):
+        shutil.copy(corpus / name, inbox / name)
+    api_call(api, f"/flow_runs/{run['id']}/set_state",
+             {"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True})
+    return wait_for_run(api, run["id"]), before
 
 
 def test_selectflow_serve_takes_triggered_runs(tmp_path, small_corpus):
