@@ -36,3 +36,20 @@ DECISIONS = pa.schema(
         pa.field("group", pa.string()),  # e.g. near-duplicate component
     ]
 )
+
+
+def decisions_table(doc_ids, stage, decision, reason, ref=None, score=None, group=None) -> pa.Table:
+    """A DECISIONS table; `decision` and `reason` are one value for all rows or a list, the rest lists or None."""
+    n = len(doc_ids)
+    return pa.table(
+        {
+            "doc_id": pa.array(doc_ids, pa.string()),
+            "stage": pa.array([stage] * n, pa.string()),
+            "decision": pa.array(decision if isinstance(decision, list) else [decision] * n, pa.string()),
+            "reason": pa.array(reason if isinstance(reason, list) else [reason] * n, pa.string()),
+            "ref_doc_id": pa.array(ref if ref is not None else [None] * n, pa.string()),
+            "score": pa.array(score if score is not None else [None] * n, pa.float64()),
+            "group": pa.array(group if group is not None else [None] * n, pa.string()),
+        },
+        schema=DECISIONS,
+    )

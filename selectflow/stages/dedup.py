@@ -14,28 +14,12 @@ from selectflow.config import ExactDedupConfig, NearDedupConfig
 from selectflow.dedup.exact import exact_duplicates, exact_duplicates_dask
 from selectflow.dedup.minhash import MinHasher
 from selectflow.dedup.near import near_duplicates
-from selectflow.schema import DECISIONS
+from selectflow.schema import decisions_table
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, Shard, code_version
 
 EXACT, SIGNATURES, NEAR, DEDUPED = "dedup_exact", "minhash", "dedup_near", "deduped"
 KEY_COLUMNS = ["doc_id", "content_hash", "source", "line"]
 _CODE = code_version(exact_lib, minhash_lib, near_lib)
-
-
-def _decisions(doc_ids, stage, decision, reason, ref=None, score=None, group=None) -> pa.Table:
-    n = len(doc_ids)
-    return pa.table(
-        {
-            "doc_id": pa.array(doc_ids, pa.string()),
-            "stage": pa.array([stage] * n, pa.string()),
-            "decision": pa.array(decision if isinstance(decision, list) else [decision] * n, pa.string()),
-            "reason": pa.array(reason if isinstance(reason, list) else [reason] * n, pa.string()),
-            "ref_doc_id": pa.array(ref if ref is not None else [None] * n, pa.string()),
-            "score": pa.array(score if score is not None else [None] * n, pa.float64()),
-            "group": pa.array(group if group is not None else [None] * n, pa.string()),
-        },
-        schema=DECISIONS,
-    )
 
 
 def dropped_ids(decisions: ArtifactRef) -> pa.Array:
@@ -68,7 +52,7 @@ def exact_dedup(store: ArtifactStore, shards: list[Shard], cfg: ExactDedupConfig
                 reason.append("exact dedup disabled")
             else:
                 reason.append(f"first of {n} identical copies" if n > 1 else "unique normalized text")
-        writer.write("decisions", _decisions(ids, EXACT, decision, reason, ref, group=hashes))
+        writer.write("decisions", decisions_table(ids, EXACT, decision, reason, ref, group=hashes))
         writer.stats(docs_in=len(ids), docs_out=len(ids) - len(dup_of), dropped=len(dup_of),
                      duplicate_rate=len(dup_of) / max(len(ids), 1))
 
@@ -130,7 +114,7 @@ def near_dedup(
                           else f"no near duplicate at estimated Jaccard >= {cfg.threshold}")
                 )
                 ref.append(None), score.append(None), group.append(doc if size else None)
-        writer.write("decisions", _decisions(ids, NEAR, decision, reason, ref, score, group))
+        writer.write("decisions", decisions_table(ids, NEAR, decision, reason, ref, score, group))
         writer.stats(docs_in=len(ids), docs_out=len(ids) - len(near), dropped=len(near),
                      duplicate_rate=len(near) / max(len(ids), 1), components=len(members))
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import selectflow.compression as compression_lib
 import selectflow.select.zip as zip_lib
 from selectflow.config import ZipConfig
-from selectflow.schema import DECISIONS
+from selectflow.schema import decisions_table
 from selectflow.select.zip import zip_select
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
 
@@ -35,15 +35,13 @@ def zip_stage(
         docs = pa.concat_tables([ref.read("docs") for ref in pool])
         result = zip_select(docs, cfg, progress=progress)
         rows = result.decisions.to_pylist()
-        writer.write("decisions", pa.table({
-            "doc_id": [r["doc_id"] for r in rows],
-            "stage": [STAGE] * len(rows),
-            "decision": ["selected" if r["selected"] else "rejected" for r in rows],
-            "reason": [_reason(r, cfg.mode) for r in rows],
-            "ref_doc_id": [None] * len(rows),
-            "score": [r["ratio"] for r in rows],
-            "group": [None if r["round"] is None else f"round {r['round']}" for r in rows],
-        }, schema=DECISIONS))
+        writer.write("decisions", decisions_table(
+            [r["doc_id"] for r in rows], STAGE,
+            ["selected" if r["selected"] else "rejected" for r in rows],
+            [_reason(r, cfg.mode) for r in rows],
+            score=[r["ratio"] for r in rows],
+            group=[None if r["round"] is None else f"round {r['round']}" for r in rows],
+        ))
         writer.write("zip_decisions", result.decisions)
         position = {doc_id: index for index, doc_id in enumerate(docs["doc_id"].to_pylist())}
         writer.write("docs", docs.take([position[doc_id] for doc_id in result.selected]))
