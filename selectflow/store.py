@@ -130,6 +130,10 @@ class ArtifactWriter:
     def write_json(self, name: str, payload: Any) -> None:
         (self.tmp / name).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
+    def file(self, name: str) -> Path:
+        """Where to write a non-table file (arrays, model state) that is committed with the artifact."""
+        return self.tmp / name
+
     def stats(self, **values: Any) -> None:
         self.manifest["stats"].update(values)
 
