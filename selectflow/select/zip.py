@@ -114,7 +114,7 @@ def record_repr(record: str | None, text: str) -> bytes:
     return repr(obj).encode("utf-8")
 
 
-def _token_counter(name: str) -> Callable[[str], int]:
+def token_counter(name: str) -> Callable[[str], int]:
     if name == "whitespace":
         return lambda text: len(text.split())
     return lambda text: -(-len(text.encode("utf-8")) // 4)
@@ -323,7 +323,7 @@ def zip_select(
     texts = docs.column("text").to_pylist() if n else []
     tokens = None
     if cfg.budget_unit == "tokens":
-        count = token_count or _token_counter(cfg.token_counter)
+        count = token_count or token_counter(cfg.token_counter)
         tokens = np.fromiter((count(t) for t in texts), np.int64, n)
     _check(cfg, n, tokens)
 

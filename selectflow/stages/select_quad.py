@@ -1,0 +1,297 @@
+"""QUAD selection and its baselines as stages: the clustered pool -> the selected documents, a reason for each.
+
+The pool is the deduplicated documents that the cluster stage kept (semantic dedup may drop some), in pool order.
+Each stage writes "docs" (the selection, DOCS schema), "decisions" (one row per pool document) and stats;
+`select_quad` also writes "quad_decisions" (per-document bandit detail), rounds.json and clusters.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+import selectflow.select.baselines as baselines_lib
+import selectflow.select.quad as quad_lib
+import selectflow.select.zip as zip_lib
+from selectflow.config import InfluenceConfig, QuadConfig
+from selectflow.schema import decisions_table
+from selectflow.select.baselines import random_select, topk_select
+from selectflow.select.quad import QuadResult, neighbours_from_arrays, quad_select
+from selectflow.select.zip import token_counter
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
+
+QUAD, RANDOM, TOPK = "select_quad", "select_random", "select_topk"
+SCORE_BATCH = 256  # documents per scorer call for top-k (bounds memory; progress between calls)
+
+QUAD_DECISIONS = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("scored", pa.bool_(), nullable=False),
+        pa.field("influence", pa.float64()),  # null if not scored
+        pa.field("scored_round", pa.int32()),
+        pa.field("round", pa.int32()),  # round that admitted it (null: not admitted)
+        pa.field("arm", pa.int32()),  # cluster whose pull admitted it (its own cluster; null: not admitted)
+        pa.field("block", pa.int32()),  # 0-based block of its cluster
+        pa.field("pull_rank", pa.int32()),  # position of the admitting pull in its round
+        pa.field("reward", pa.float64()),  # reward of the admitting pull
+        pa.field("selected", pa.bool_(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class Pool:
+    docs: pa.Table  # DOCS schema, only documents the cluster stage kept
+    clusters: np.ndarray  # cluster id per document (-1 when no cluster artifact was given)
+    excluded: int  # documents the cluster stage dropped (or did not assign)
+
+
+def read_pool(pool: list[ArtifactRef], cluster_ref: ArtifactRef | None) -> Pool:
+    """Pool documents kept by the cluster stage, with their cluster ids."""
+    docs = pa.concat_tables([ref.read("docs") for ref in pool])
+    if cluster_ref is None:
+        return Pool(docs, np.full(docs.num_rows, -1, np.int64), 0)
+    assignments = cluster_ref.read("assignments", columns=["doc_id", "cluster", "kept"])
+    cluster_of = {
+        doc: cluster
+        for doc, cluster, kept in zip(assignments["doc_id"].to_pylist(), assignments["cluster"].to_pylist(),
+                                      assignments["kept"].to_pylist())
+        if kept
+    }
+    keep = [index for index, doc in enumerate(docs["doc_id"].to_pylist()) if doc in cluster_of]
+    kept = docs.take(pa.array(keep, pa.int64()))
+    clusters = np.array([cluster_of[doc] for doc in kept["doc_id"].to_pylist()], dtype=np.int64)
+    return Pool(kept, clusters, docs.num_rows - kept.num_rows)
+
+
+def _token_lengths(docs: pa.Table, counter: str) -> np.ndarray:
+    count = token_counter(counter)
+    return np.fromiter((count(text) for text in docs["text"].to_pylist()), np.int64, docs.num_rows)
+
+
+def _load_scorer(influence_ref: ArtifactRef, cfg: InfluenceConfig):
+    """The influence stage's scorer (imported late: the stage module loads torch and the model code)."""
+    from selectflow.stages.influence import load_scorer
+
+    return load_scorer(influence_ref, cfg)
+
+
+def _code(*, with_influence: bool) -> str:
+    modules = [quad_lib, baselines_lib, zip_lib, importlib.import_module(__name__)]
+    if with_influence:
+        try:
+            modules.append(importlib.import_module("selectflow.stages.influence"))
+        except ImportError:
+            pass  # not importable here: scoring will fail with the real error when the stage runs
+    return code_version(*modules)
+
+
+def _budget_config(cfg: QuadConfig) -> dict:
+    return cfg.model_dump(include={"budget", "budget_unit", "token_counter"})
+
+
+def _write_selection(writer: ArtifactWriter, pool: Pool, selected: np.ndarray, decisions: pa.Table,
+                     lengths: np.ndarray, started: float, **stats) -> None:
+    writer.write("decisions", decisions)
+    writer.write("docs", pool.docs.take(pa.array(selected, pa.int64())))
+    writer.stats(docs_in=pool.docs.num_rows, docs_out=len(selected), dropped=pool.docs.num_rows - len(selected),
+                 excluded_by_cluster_stage=pool.excluded, tokens=int(lengths[selected].sum()),
+                 seconds=round(time.perf_counter() - started, 3), **stats)
+
+
+# ----------------------------------------------------------------------------------------------- QUAD
+
+
+def _quad_reasons(result: QuadResult) -> list[str]:
+    docs = result.docs
+    per_cluster = {c["cluster"]: c for c in result.clusters}
+    reasons = []
+    for i in range(len(docs.cluster)):
+        c = int(docs.cluster[i])
+        info = per_cluster[c]
+        if docs.scored[i]:
+            scored = f"; influence {docs.influence[i]:.4f} (scored in round {docs.scored_round[i]})"
+        else:
+            scored = "; not scored"
+        if docs.selected[i]:
+            reasons.append(f"selected: cluster {c} pulled in round {docs.admitted_round[i]} (reward "
+                           f"{docs.admit_reward[i]:+.4f}), admitted in its block {docs.admitted_block[i] + 1}"
+                           + scored)
+        elif info["pulls"] == 0:
+            reasons.append(f"not selected: cluster {c} never pulled" + scored)
+        elif info["rewarded"] == 0:
+            reasons.append(f"not selected: cluster {c} never rewarded (pulled {info['pulls']}×, mean reward "
+                           f"{info['mean_reward']:+.4f})" + scored)
+        else:
+            reasons.append(f"not selected: cluster {c} rewarded in {info['rewarded']} of {info['pulls']} pulls, but "
+                           f"its {info['blocks_admitted']} admitted block(s) ({info['admitted_docs']} of "
+                           f"{info['size']} docs) did not reach this document" + scored)
+    return reasons
+
+
+def quad_decisions_table(doc_ids: list[str], result: QuadResult) -> pa.Table:
+    docs = result.docs
+
+    def nullable(values: np.ndarray, missing: np.ndarray) -> list:
+        return [None if gone else value for value, gone in zip(values.tolist(), missing.tolist())]
+
+    admitted = docs.admitted_round < 0
+    return pa.table(
+        {
+            "doc_id": doc_ids,
+            "cluster": docs.cluster.astype(np.int32),
+            "scored": docs.scored,
+            "influence": nullable(docs.influence, ~docs.scored),
+            "scored_round": nullable(docs.scored_round, ~docs.scored),
+            "round": nullable(docs.admitted_round, admitted),
+            "arm": nullable(docs.cluster, admitted),
+            "block": nullable(docs.admitted_block, admitted),
+            "pull_rank": nullable(docs.pull_rank, admitted),
+            "reward": nullable(docs.admit_reward, admitted),
+            "selected": docs.selected,
+        },
+        schema=QUAD_DECISIONS,
+    )
+
+
+def select_quad_stage(
+    store: ArtifactStore,
+    pool: list[ArtifactRef],
+    cluster_ref: ArtifactRef,
+    influence_ref: ArtifactRef,
+    cfg: QuadConfig,
+    influence_cfg: InfluenceConfig,
+    d_max: float | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> ArtifactRef:
+    """QUAD over the clustered pool.
+
+    d_max: QUAD's neighbour distance; None takes the cluster artifact's `neighbour_distance` (the one its
+    "neighbours" table was cut at), which is what it should be. progress(round, record) after every round.
+    """
+    if d_max is None:
+        d_max = float(cluster_ref.manifest()["config"]["neighbour_distance"])
+
+    def write(writer: ArtifactWriter) -> None:
+        started = time.perf_counter()
+        data = read_pool(pool, cluster_ref)
+        texts = data.docs["text"].to_pylist()
+        lengths = _token_lengths(data.docs, cfg.token_counter)
+        table = cluster_ref.read("neighbours")
+        neighbours = neighbours_from_arrays(table["cluster"].to_numpy(), table["neighbour"].to_numpy(),
+                                            table["distance"].to_numpy())
+        scorer = _load_scorer(influence_ref, influence_cfg)
+        result = quad_select(data.clusters, neighbours, lambda idx: scorer.score([texts[i] for i in idx]), cfg,
+                             d_max, lengths, progress=progress)
+        doc_ids = data.docs["doc_id"].to_pylist()
+        writer.write("quad_decisions", quad_decisions_table(doc_ids, result))
+        influence = [None if np.isnan(x) else float(x) for x in result.docs.influence.tolist()]
+        writer.write_json("rounds.json", result.rounds)
+        writer.write_json("clusters.json", result.clusters)
+        decisions = decisions_table(
+            doc_ids, QUAD, ["selected" if s else "rejected" for s in result.docs.selected.tolist()],
+            _quad_reasons(result), score=influence, group=[f"cluster {c}" for c in result.docs.cluster.tolist()],
+        )
+        _write_selection(writer, data, result.selected, decisions, lengths, started, bandit=cfg.bandit,
+                         rounds=len(result.rounds), scored_docs=result.scored, stopped=result.stopped,
+                         clusters=len(result.clusters), scoring_seconds=result.seconds["scoring"],
+                         pulled_clusters=sum(1 for c in result.clusters if c["pulls"]),
+                         mean_influence_scored=float(np.nanmean(result.docs.influence)) if result.scored else None)
+
+    config = {"quad": cfg.model_dump(), "influence": influence_cfg.model_dump(), "d_max": d_max}
+    inputs = [ref.key for ref in pool] + [cluster_ref.key, influence_ref.key]
+    return store.build(QUAD, config, inputs, _code(with_influence=True), write)
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+
+def select_random_stage(
+    store: ArtifactStore, pool: list[ArtifactRef], cluster_ref: ArtifactRef | None, cfg: QuadConfig, seed: int
+) -> ArtifactRef:
+    """Uniform random subset under QUAD's budget (cfg.budget / budget_unit / token_counter)."""
+
+    def write(writer: ArtifactWriter) -> None:
+        started = time.perf_counter()
+        data = read_pool(pool, cluster_ref)
+        lengths = _token_lengths(data.docs, cfg.token_counter)
+        selected = random_select(lengths if cfg.budget_unit == "tokens" else data.docs.num_rows, cfg.budget,
+                                 cfg.budget_unit, seed)
+        rank = np.full(data.docs.num_rows, -1)
+        rank[selected] = np.arange(len(selected))
+        reasons = [f"selected: drawn uniformly at random (seed {seed}), #{r + 1} of {len(selected)}" if r >= 0
+                   else f"not selected: not drawn in the uniform random sample (seed {seed})" for r in rank.tolist()]
+        decisions = decisions_table(
+            data.docs["doc_id"].to_pylist(), RANDOM, ["selected" if r >= 0 else "rejected" for r in rank.tolist()],
+            reasons, group=_groups(data),
+        )
+        _write_selection(writer, data, selected, decisions, lengths, started)
+
+    inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else [])
+    return store.build(RANDOM, {**_budget_config(cfg), "seed": seed}, inputs, _code(with_influence=False), write)
+
+
+def select_topk_stage(
+    store: ArtifactStore,
+    pool: list[ArtifactRef],
+    cluster_ref: ArtifactRef | None,
+    influence_ref: ArtifactRef,
+    cfg: QuadConfig,
+    influence_cfg: InfluenceConfig,
+    candidates: int | None,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArtifactRef:
+    """The highest-influence documents under QUAD's budget, among `candidates` seeded-sampled documents (None: all)."""
+
+    def write(writer: ArtifactWriter) -> None:
+        started = time.perf_counter()
+        data = read_pool(pool, cluster_ref)
+        n = data.docs.num_rows
+        lengths = _token_lengths(data.docs, cfg.token_counter)
+        if candidates is None or candidates >= n:
+            chosen = np.arange(n)
+        else:
+            chosen = np.sort(np.random.default_rng(seed).choice(n, size=candidates, replace=False))
+        texts = data.docs["text"].to_pylist()
+        scorer = _load_scorer(influence_ref, influence_cfg)
+        scores = np.full(n, np.nan)
+        for start in range(0, len(chosen), SCORE_BATCH):
+            batch = chosen[start : start + SCORE_BATCH]
+            scores[batch] = np.asarray(scorer.score([texts[i] for i in batch]), dtype=np.float64)
+            if progress is not None:
+                progress(min(start + SCORE_BATCH, len(chosen)), len(chosen))
+        selected = topk_select(scores, lengths, cfg.budget, cfg.budget_unit)
+        rank = np.full(n, -1)
+        scored = chosen[np.argsort(-scores[chosen], kind="stable")]
+        rank[scored] = np.arange(len(scored))
+        cut = len(selected)
+        reasons = []
+        for i in range(n):
+            if rank[i] < 0:
+                reasons.append(f"not selected: not among the {len(chosen)} scored candidates (seed {seed})")
+            elif rank[i] < cut:
+                reasons.append(f"selected: influence {scores[i]:.4f}, rank {rank[i] + 1} of {len(chosen)} scored")
+            else:
+                reasons.append(f"not selected: influence {scores[i]:.4f}, rank {rank[i] + 1} of {len(chosen)} "
+                               f"scored, below the budget cut at rank {cut}")
+        decisions = decisions_table(
+            data.docs["doc_id"].to_pylist(), TOPK, ["selected" if 0 <= r < cut else "rejected" for r in rank.tolist()],
+            reasons, score=[None if np.isnan(x) else float(x) for x in scores.tolist()], group=_groups(data),
+        )
+        _write_selection(writer, data, selected, decisions, lengths, started, scored_docs=len(chosen),
+                         mean_influence_scored=float(np.nanmean(scores)) if len(chosen) else None)
+
+    config = {**_budget_config(cfg), "influence": influence_cfg.model_dump(), "candidates": candidates, "seed": seed}
+    inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else []) + [influence_ref.key]
+    return store.build(TOPK, config, inputs, _code(with_influence=True), write)
+
+
+def _groups(data: Pool) -> list[str | None]:
+    return [None if c < 0 else f"cluster {c}" for c in data.clusters.tolist()]
