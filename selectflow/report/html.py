@@ -1,0 +1,356 @@
+"""Render a `RunReport` as one self-contained HTML page: inline CSS, plots as base64 PNG, no scripts, no external
+resources. Every text is escaped; every missing section becomes a short note saying why."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from html import escape
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from selectflow.report import plots
+from selectflow.report.data import Risk, RunReport
+
+VERDICT_CLASS = {"ok": "ok", "at risk": "risk", "insufficient history": "unknown"}
+SECTIONS = [
+    ("funnel", "Stage funnel"),
+    ("clusters", "Cluster composition"),
+    ("domains", "Domain composition"),
+    ("bandit", "QUAD bandit"),
+    ("zip", "ZIP rounds"),
+    ("probes", "Probe training"),
+    ("risk", "Entropy-law risk"),
+]
+
+CSS = """
+:root { --ink: #1f2328; --muted: #59636e; --line: #d8dee4; --bg: #f6f8fa; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--ink); background: #fff; line-height: 1.5;
+  font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", "DejaVu Sans", Arial, sans-serif; }
+main { max-width: 1060px; margin: 0 auto; padding: 24px 28px 64px; }
+header h1 { font-size: 26px; margin: 0 0 4px; letter-spacing: -0.01em; }
+header p { margin: 0; color: var(--muted); font-size: 13px; }
+code, td.num { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 13px; }
+.verdict { margin: 20px 0 8px; padding: 16px 20px; border-radius: 10px; border-left: 8px solid; }
+.verdict .label { font-size: 13px; text-transform: uppercase; letter-spacing: 0.06em; color: var(--muted); }
+.verdict .value { font-size: 28px; font-weight: 700; margin: 2px 0 6px; }
+.verdict p { margin: 0; max-width: 80ch; }
+.verdict.ok { background: #e9f7ef; border-color: #1a7f37; } .verdict.ok .value { color: #1a7f37; }
+.verdict.risk { background: #fdecec; border-color: #cf222e; } .verdict.risk .value { color: #cf222e; }
+.verdict.unknown { background: #fff6e0; border-color: #bf8700; } .verdict.unknown .value { color: #9a6700; }
+.verdict.none { background: var(--bg); border-color: #8c959f; } .verdict.none .value { color: var(--muted); }
+nav { margin: 12px 0 8px; font-size: 13px; } nav a { margin-right: 14px; color: #0969da; text-decoration: none; }
+section { margin-top: 34px; }
+h2 { font-size: 19px; margin: 0 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+figure { margin: 8px 0 12px; } figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: var(--muted); font-size: 13px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13.5px; }
+th, td { padding: 4px 12px 4px 0; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { color: var(--muted); font-weight: 600; }
+td.num, th.num { text-align: right; padding-left: 12px; }
+.note { background: var(--bg); border: 1px dashed var(--line); border-radius: 8px; padding: 10px 14px;
+  color: var(--muted); margin: 8px 0; }
+td.subset { white-space: nowrap; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+.badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+.badge.ok { background: #dafbe1; color: #1a7f37; } .badge.risk { background: #ffebe9; color: #cf222e; }
+.badge.unknown { background: #fff8c5; color: #9a6700; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; margin: 8px 0; font-size: 14px; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
+"""
+
+
+def render_report(report: RunReport) -> str:
+    """The report as one self-contained HTML page."""
+    names = report.subset_names()
+    colours = plots.subset_colours(names)
+    with matplotlib.rc_context(plots.RC_PARAMS):
+        body = [
+            _header(report),
+            _verdict_banner(report.risk),
+            "<nav>" + "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title in SECTIONS) + "</nav>",
+            _config_section(report, colours),
+            _funnel_section(report, colours),
+            _cluster_section(report, names, colours),
+            _domain_section(report, names, colours),
+            _bandit_section(report, colours),
+            _zip_section(report, colours),
+            _probe_section(report, names, colours),
+            _risk_section(report, names, colours),
+        ]
+    title = f"selectflow run {report.run_name or report.run_id}"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+        + "\n".join(body)
+        + "\n</main></body></html>\n"
+    )
+
+
+def write_report(report: RunReport, path: str | Path) -> Path:
+    """Render and write the report (UTF-8); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(report), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:,.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _cell(value, digits: int = 4) -> str:
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return f'<td class="num">{escape(_fmt(value, digits))}</td>' if numeric else f"<td>{escape(_fmt(value))}</td>"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence], first_raw: bool = False, numeric_from: int = 1) -> str:
+    """A table; with first_raw, the first cell of each row is trusted HTML (a subset swatch built here)."""
+    head = "".join(
+        f'<th class="num">{escape(h)}</th>' if i >= numeric_from else f"<th>{escape(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    lines = []
+    for row in rows:
+        first = f'<td class="subset">{row[0]}</td>' if first_raw else _cell(row[0])
+        lines.append("<tr>" + first + "".join(_cell(v) for v in row[1:]) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def _subset_label(name: str, colours: dict[str, str]) -> str:
+    colour = colours.get(name, "#333333")
+    return f'<span class="swatch" style="background:{escape(colour)}"></span>{escape(name)}'
+
+
+def _facts(items: Sequence[tuple[str, object]]) -> str:
+    return '<dl class="facts">' + "".join(f"<dt>{escape(k)}</dt><dd>{escape(_fmt(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def _section(key: str, body: str) -> str:
+    title = dict(SECTIONS).get(key, key)
+    return f'<section id="{escape(key)}"><h2>{escape(title)}</h2>\n{body}\n</section>'
+
+
+def _figure_html(make: Callable[[], object], alt: str, caption: str = "") -> str:
+    """Render a plot; '' when it has nothing to draw."""
+    fig = make()
+    if fig is None:
+        return ""
+    png = plots.figure_png(fig)
+    width, height = (round(v * 100) for v in fig.get_size_inches())
+    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return (
+        f'<figure><img src="{plots.png_data_uri(png)}" alt="{escape(alt)}" width="{width}" height="{height}">'
+        f"{cap}</figure>"
+    )
+
+
+def _header(report: RunReport) -> str:
+    bits = [f"run <code>{escape(report.run_id)}</code>"]
+    if report.created_at:
+        bits.append(escape(report.created_at.strftime("%Y-%m-%d %H:%M %Z").strip()))
+    if report.code_version:
+        bits.append(f"code <code>{escape(report.code_version)}</code>")
+    title = report.run_name or "selectflow run report"
+    return f"<header><h1>{escape(title)}</h1><p>{' · '.join(bits)}</p></header>"
+
+
+def _verdict_banner(risk: Risk | None) -> str:
+    if risk is None:
+        return ('<div class="verdict none" id="verdict"><div class="label">Risk verdict</div>'
+                '<div class="value">not checked</div><p>This run has no entropy-law risk check.</p></div>')
+    css = VERDICT_CLASS[risk.overall]
+    reason = f"<p>{escape(risk.reason)}</p>" if risk.reason else ""
+    return (f'<div class="verdict {css}" id="verdict"><div class="label">Risk verdict</div>'
+            f'<div class="value">{escape(risk.overall)}</div>{reason}</div>')
+
+
+def _config_section(report: RunReport, colours: dict[str, str]) -> str:
+    parts = []
+    if report.config:
+        parts.append(_table(["setting", "value"], report.config.items(), numeric_from=2))
+    names = report.subset_names()
+    if names:
+        parts.append("<p>Subsets (one colour each, in every plot): "
+                     + " &nbsp; ".join(_subset_label(n, colours) for n in names) + "</p>")
+    body = "\n".join(parts) or _note("No configuration summary was recorded for this run.")
+    return f'<section id="summary"><h2>Run summary</h2>\n{body}\n</section>'
+
+
+def _funnel_section(report: RunReport, colours: dict[str, str]) -> str:
+    if not report.funnel:
+        return _section("funnel", _note("No stage counts were recorded for this run."))
+    rows = [
+        (s.stage, s.docs_in, s.docs_out, s.dropped, round(100.0 * s.docs_out / s.docs_in, 1) if s.docs_in else None,
+         s.work_s)
+        for s in report.funnel
+    ]
+    plot = _figure_html(lambda: plots.funnel_figure(report.funnel, colours), "stage funnel: documents per stage")
+    table = _table(["stage", "docs in", "docs out", "dropped", "kept %", "work s"], rows)
+    return _section("funnel", plot + table)
+
+
+def _effective_clusters(counts: dict) -> float:
+    values = np.asarray([v for v in counts.values() if v > 0], float)
+    if values.size == 0:
+        return 0.0
+    p = values / values.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _cluster_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
+    clusters = report.clusters
+    if clusters is None or not clusters.pool:
+        return _section("clusters", _note("No cluster composition: this run did not cluster the pool."))
+    k = len(clusters.pool)
+    rows = [(plots.POOL, clusters.pool)] + [(n, clusters.subsets[n]) for n in names if n in clusters.subsets]
+    table_rows = []
+    for name, counts in rows:
+        total = sum(counts.values())
+        covered = sum(1 for v in counts.values() if v > 0)
+        top = max(counts, key=counts.get) if counts else None
+        top_share = round(100.0 * counts[top] / total, 1) if total else None
+        table_rows.append((_subset_label(name, colours), total, covered, _effective_clusters(counts),
+                           f"{top} {clusters.labels.get(top, '')}".strip() if top is not None else None, top_share))
+    plot = _figure_html(lambda: plots.cluster_figure(clusters, names, colours), "cluster composition per subset")
+    table = _table(["subset", "docs", f"clusters covered (of {k})", "effective clusters", "largest cluster",
+                    "largest share %"], table_rows, first_raw=True)
+    caption = "Effective clusters = exp(entropy of the cluster shares): how many equally sized clusters it spans."
+    return _section("clusters", plot + table + f"<p class=\"caption\">{escape(caption)}</p>")
+
+
+def _domain_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
+    domains = report.domains
+    if domains is None or not (domains.pool or domains.subsets):
+        return _section("domains", _note("No domain counts were recorded for this run."))
+    groups = ([plots.POOL] if domains.pool else []) + [n for n in names if n in domains.subsets]
+    counts = {plots.POOL: domains.pool, **domains.subsets}
+    totals: dict[str, int] = {}
+    for group in groups:
+        for domain, n in counts[group].items():
+            totals[domain] = totals.get(domain, 0) + n
+    shown = sorted(totals, key=lambda d: (-totals[d], d))[: plots.MAX_DOMAINS]
+    rows = [(d, *(counts[g].get(d, 0) for g in groups)) for d in shown]
+    if len(totals) > len(shown):
+        rest = set(totals) - set(shown)
+        rows.append((f"other ({len(rest)})", *(sum(counts[g].get(d, 0) for d in rest) for g in groups)))
+    plot = _figure_html(lambda: plots.domain_figure(domains, names, colours), "domain composition per subset")
+    return _section("domains", plot + _table(["domain (documents)", *groups], rows))
+
+
+def _missing_selector_note(report: RunReport, what: str, selector: str) -> str:
+    chosen = report.config.get("selector")
+    why = f" (selector: {chosen})" if chosen is not None else ""
+    return _note(f"No {what} in this run{why}: it appears when the {selector} selector runs.")
+
+
+def _bandit_section(report: RunReport, colours: dict[str, str]) -> str:
+    bandit = report.bandit
+    if bandit is None:
+        return _section("bandit", _missing_selector_note(report, "bandit rounds", "quad (or both)"))
+    pulls = [(c, r) for rnd in bandit.rounds for c, r in zip(rnd.pulled, rnd.rewards)]
+    rewarded = sum(1 for _, r in pulls if r > 0)
+    facts = [
+        ("subset", bandit.subset),
+        ("bandit", bandit.kind.upper()),
+        ("rounds", len(bandit.rounds)),
+        ("pulls", len(pulls)),
+        ("distinct clusters pulled", len({c for c, _ in pulls})),
+        ("rewarded pulls", f"{rewarded:,} ({100.0 * rewarded / len(pulls):.0f}%)" if pulls else "–"),
+        ("mean reward", float(np.mean([r for _, r in pulls])) if pulls else None),
+        ("selected documents", bandit.rounds[-1].selected_docs),
+    ]
+    plot = _figure_html(lambda: plots.bandit_figure(bandit, colours), "bandit pulls and rewards per round")
+    return _section("bandit", _facts(facts) + plot)
+
+
+def _zip_section(report: RunReport, colours: dict[str, str]) -> str:
+    zip_ = report.zip
+    if zip_ is None:
+        return _section("zip", _missing_selector_note(report, "ZIP rounds", "zip (or both)"))
+    first, last = zip_.rounds[0], zip_.rounds[-1]
+    facts = [
+        ("subset", zip_.subset),
+        ("rounds", len(zip_.rounds)),
+        ("selected documents", last.n_selected),
+        ("ratio: first → last round", f"{_fmt(first.selected_ratio)} → {_fmt(last.selected_ratio)}"),
+        ("pool left", last.pool_left),
+    ]
+    plot = _figure_html(lambda: plots.zip_figure(zip_, colours), "ZIP compression ratio per round")
+    return _section("zip", _facts(facts) + plot)
+
+
+def _probe_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
+    if not report.probes:
+        return _section("probes", _note("No probe models were trained in this run."))
+    ordered = [n for n in names if n in report.probes]
+    sets = sorted({s for n in ordered for s in report.probes[n].summary.final_heldout})
+    rows = []
+    for name in ordered:
+        summary = report.probes[name].summary
+        rows.append((_subset_label(name, colours), summary.first_epoch_loss, summary.prequential_bpb,
+                     *(summary.final_heldout.get(s) for s in sets), summary.steps_to_heldout_level))
+    headers = ["subset", "first-epoch loss L (nats/token)", "prequential code (bits/byte)",
+               *(f"final held-out: {s}" for s in sets), "steps to held-out level"]
+    plot = _figure_html(lambda: plots.probe_figure(report.probes, ordered, colours), "probe loss curves")
+    if not plot:
+        plot = _note("The probes recorded no loss curve.")
+    return _section("probes", plot + _table(headers, rows, first_raw=True))
+
+
+def _risk_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
+    risk = report.risk
+    if risk is None:
+        return _section("risk", _note("No entropy-law risk check in this run (it needs probe training)."))
+    parts = []
+    fit_needs = f" The fit needs at least {risk.min_history} earlier runs." if risk.min_history is not None else ""
+    if risk.fit is None:
+        parts.append(_note(f"No fit yet: the history holds {len(risk.history)} earlier run(s).{fit_needs} "
+                           "The scatter shows the points that exist."))
+    plot = _figure_html(lambda: plots.risk_figure(risk, names, colours), "R versus L scatter with this run")
+    parts.append(plot or _note("Nothing to plot: neither this run nor the history has both R and L."))
+    if risk.subsets:
+        rows = [(_subset_label(n, colours), risk.subsets[n].R_zlib, risk.subsets[n].R_zstd, risk.subsets[n].L)
+                for n in names if n in risk.subsets]
+        parts.append("<h3>This run</h3>" + _table(["subset", "R_zlib", "R_zstd", "L (nats/token)"], rows,
+                                                    first_raw=True))
+    if risk.checks:
+        rows = "".join(
+            f"<tr><td>{escape(c.name)}</td>"
+            f"<td class=\"subset\">{_subset_label(c.subset, colours) if c.subset else '–'}</td>"
+            f'<td><span class="badge {VERDICT_CLASS[c.verdict]}">{escape(c.verdict)}</span></td>'
+            f"<td>{escape(c.detail)}</td></tr>"
+            for c in risk.checks
+        )
+        parts.append("<h3>Checks</h3><table><thead><tr><th>check</th><th>subset</th><th>verdict</th><th>detail</th>"
+                     f"</tr></thead><tbody>{rows}</tbody></table>")
+    if risk.fit is not None:
+        fit = risk.fit
+        facts = [(f"coefficient {k}", v) for k, v in fit.coefficients.items()]
+        facts += [("runs in the fit", fit.n_runs), ("predicted held-out loss", fit.predicted_heldout)]
+        if fit.interval is not None:
+            facts.append((f"{100 * fit.level:.0f}% interval", f"{_fmt(fit.interval[0])} – {_fmt(fit.interval[1])}"))
+        parts.append("<h3>Fit</h3>" + _facts(facts))
+    return _section("risk", "\n".join(parts))

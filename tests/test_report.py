@@ -1,0 +1,413 @@
+"""The HTML run report: rendering, escaping, missing parts, and a check in a real headless Chromium.
+
+The browser is driven through the DevTools protocol (websockets, a Prefect dependency), so no chromedriver is
+needed. No browser: the browser test skips locally and fails when CI is set (scripts/test.sh installs one).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selectflow.report import (
+    Bandit,
+    BanditRound,
+    ClusterComposition,
+    CurvePoint,
+    DomainComposition,
+    FunnelStep,
+    HeldoutPoint,
+    HistoryPoint,
+    ProbeResult,
+    ProbeSummary,
+    Risk,
+    RiskCheck,
+    RiskFit,
+    RunReport,
+    SubsetRisk,
+    Zip,
+    ZipRound,
+    render_report,
+    write_report,
+)
+from selectflow.report.plots import MAX_CLUSTERS, cluster_figure, subset_colours
+
+SUBSETS = ["zip", "quad", "random", "topk"]
+DOMAINS = ["prose", "dictionary", "licenses", "code", "faq", "manpages"]
+FULL_SECTIONS = ["Run summary", "Stage funnel", "Cluster composition", "Domain composition", "QUAD bandit",
+                 "ZIP rounds", "Probe training", "Entropy-law risk"]
+FULL_PLOTS = 7  # funnel, clusters, domains, bandit, zip, probes, risk
+
+
+def realistic_report(k: int = 64, n_rounds: int = 20, zip_rounds: int = 10, history: int = 6) -> RunReport:
+    """A run with every section: 64 clusters, 4 subsets, 20 bandit rounds, 10 ZIP rounds, 6 earlier runs."""
+    rng = np.random.default_rng(0)
+    pool = {c: int(n) for c, n in enumerate(rng.integers(20, 400, size=k))}
+    labels = {c: DOMAINS[c % len(DOMAINS)] for c in range(k)}
+    cluster_subsets = {}
+    for index, name in enumerate(SUBSETS):
+        weights = rng.dirichlet(np.full(k, 0.3 + index))
+        cluster_subsets[name] = {c: int(n) for c, n in enumerate(rng.multinomial(1000, weights)) if n}
+    domain_pool = {d: int(sum(n for c, n in pool.items() if labels[c] == d)) for d in DOMAINS}
+    domain_subsets = {name: {d: int(sum(n for c, n in counts.items() if labels[c] == d)) for d in DOMAINS}
+                      for name, counts in cluster_subsets.items()}
+    bandit_rounds = []
+    for r in range(n_rounds):
+        pulled = [int(c) for c in (range(8) if r == 0 else rng.choice(k, size=8, replace=False))]
+        rewards = [float(v) for v in rng.normal(0.0005, 0.003, size=8)]
+        bandit_rounds.append(BanditRound(round=r, pulled=pulled, rewards=rewards,
+                                         scores=[float(v) for v in rng.uniform(0, 0.01, size=8)],
+                                         selected_docs=min(1000, 50 * (r + 1))))
+    zip_ = Zip(rounds=[ZipRound(round=r, n_selected=100 * (r + 1), selected_ratio=2.1 + 0.08 * r,
+                                pool_left=12000 - 200 * (r + 1)) for r in range(zip_rounds)])
+    probes = {}
+    for index, name in enumerate(SUBSETS):
+        steps = np.arange(0, 200, 5)
+        loss = 6.0 * np.exp(-steps / 60) + 2.4 + 0.1 * index + rng.normal(0, 0.03, steps.size)
+        probes[name] = ProbeResult(
+            curve=[CurvePoint(step=int(s), tokens=int(s) * 8192, train_loss=float(v), train_bpb=float(v) / 2.9)
+                   for s, v in zip(steps, loss)],
+            heldout=[HeldoutPoint(step=s, set=set_name, loss=3.5 - s / 200 + 0.1 * index + offset)
+                     for s in (0, 50, 100, 150, 199) for set_name, offset in (("reference", 0.0), ("pool", 0.3))],
+            summary=ProbeSummary(first_epoch_loss=3.1 + 0.1 * index, prequential_bpb=1.2 + 0.05 * index,
+                                 final_heldout={"reference": 2.6 + 0.1 * index, "pool": 2.9 + 0.1 * index},
+                                 steps_to_heldout_level=120 + 10 * index),
+        )
+    points = [HistoryPoint(run_id=f"run-{i:04d}-abcdef", R=float(2.0 + 0.2 * i), L=float(3.4 - 0.08 * i),
+                           heldout_loss=float(2.5 + 0.05 * i), predicted_heldout=float(2.52 + 0.05 * i))
+              for i in range(history)]
+    risk = Risk(
+        overall="at risk",
+        reason="The ZIP subset compresses like the random baseline but its first-epoch loss is lower than the "
+        "history predicts: the probe already knows this data.",
+        subsets={name: SubsetRisk(R_zlib=2.3 + 0.1 * i, R_zstd=2.5 + 0.1 * i, L=3.1 + 0.1 * i)
+                 for i, name in enumerate(SUBSETS)},
+        checks=[RiskCheck(name="vs random", subset="zip", verdict="ok", detail="R 8% lower than random"),
+                RiskCheck(name="vs history", subset="zip", verdict="at risk", detail="above the 90% interval")],
+        history=points,
+        fit=RiskFit(coefficients={"intercept": 1.2, "R": 0.3, "L": 0.2}, predicted_heldout=2.75,
+                    interval=(2.6, 2.9), n_runs=history),
+        min_history=5,
+    )
+    return RunReport(
+        run_id="20261121-223055-1a2b3c",
+        run_name="sample run",
+        created_at=datetime(2026, 11, 21, 22, 30, tzinfo=timezone.utc),
+        code_version="0a1b2c3d4e5f",
+        config={"selector": "both", "zip.budget": 1000, "quad.budget": 1000, "cluster.k": k,
+                "influence.model": "SmolLM2-135M-Instruct", "embedding": "all-MiniLM-L6-v2"},
+        subsets=SUBSETS,
+        funnel=[FunnelStep(stage="ingest", docs_in=14000, docs_out=13800, work_s=4.2),
+                FunnelStep(stage="dedup_exact", docs_in=13800, docs_out=12500, work_s=1.1),
+                FunnelStep(stage="dedup_near", docs_in=12500, docs_out=12000, work_s=6.3),
+                FunnelStep(stage="cluster", docs_in=12000, docs_out=12000, dropped=0, work_s=20.5),
+                *(FunnelStep(stage=f"select_{name}", docs_in=12000, docs_out=1000, work_s=3.0) for name in SUBSETS)],
+        clusters=ClusterComposition(pool=pool, labels=labels, subsets=cluster_subsets),
+        domains=DomainComposition(pool=domain_pool, subsets=domain_subsets),
+        bandit=Bandit(subset="quad", kind="ucb", rounds=bandit_rounds),
+        zip=zip_,
+        probes=probes,
+        risk=risk,
+    )
+
+
+def zip_only_first_run() -> RunReport:
+    """Selector zip, no clustering, no history yet: bandit and cluster notes, the scatter shows this run only."""
+    full = realistic_report()
+    return RunReport(
+        run_id="first-run",
+        config={"selector": "zip"},
+        funnel=full.funnel[:3] + [full.funnel[4]],
+        zip=full.zip,
+        probes={"zip": full.probes["zip"]},
+        risk=Risk(overall="insufficient history", reason="No earlier runs to compare with.",
+                  subsets={"zip": SubsetRisk(R_zstd=2.5, L=3.1)}, min_history=5),
+    )
+
+
+RENDER_SECONDS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def full_html() -> str:
+    start = time.perf_counter()
+    html = render_report(realistic_report())
+    RENDER_SECONDS["full"] = time.perf_counter() - start
+    return html
+
+
+@pytest.fixture(scope="module")
+def partial_html() -> str:
+    return render_report(zip_only_first_run())
+
+
+def _img_sources(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', html)
+
+
+def _section_html(html: str, key: str) -> str:
+    match = re.search(rf'<section id="{key}">(.*?)</section>', html, re.S)
+    assert match, f"section {key} missing"
+    return match.group(1)
+
+
+# ---------------------------------------------------------------- rendering without a browser
+
+
+def test_full_report_has_every_plot_as_inline_png_and_no_external_reference(full_html):
+    html = full_html
+    sources = _img_sources(html)
+    assert len(sources) == FULL_PLOTS
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        png = base64.b64decode(source.split(",", 1)[1])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    for key in ("funnel", "clusters", "domains", "bandit", "zip", "probes", "risk"):
+        assert "<img" in _section_html(html, key), key
+    assert 'class="note"' not in html
+    text = re.sub(r'"data:image/png;base64,[A-Za-z0-9+/=]*"', '""', html)
+    assert not re.search(r"(https?:)?//[a-z0-9]", text, re.I), "the report must not reference any URL"
+    assert not re.search(r"<(script|link|iframe)\b", html, re.I)
+    assert 'class="verdict risk"' in html and ">at risk<" in html
+    print(f"full report rendered in {RENDER_SECONDS['full']:.2f} s, {len(html) // 1024} KB")
+    assert RENDER_SECONDS["full"] < 15, f"render took {RENDER_SECONDS['full']:.1f} s (about 1.5 s on an idle core)"
+
+
+def test_report_model_round_trips_through_json(full_html):
+    report = realistic_report()
+    again = RunReport.model_validate_json(report.model_dump_json())
+    assert again == report
+    assert render_report(again) == full_html
+
+
+def test_missing_parts_show_notes_instead_of_plots(partial_html):
+    html = partial_html
+    for key in ("clusters", "domains", "bandit"):
+        section = _section_html(html, key)
+        assert "<img" not in section and 'class="note"' in section, key
+    assert "selector: zip" in _section_html(html, "bandit")
+    risk = _section_html(html, "risk")
+    assert "No fit yet: the history holds 0 earlier run(s). The fit needs at least 5 earlier runs." in risk
+    assert risk.count("<img") == 1, "insufficient history: the scatter still shows this run"
+    assert 'class="verdict unknown"' in html and ">insufficient history<" in html
+    assert len(_img_sources(html)) == 4  # funnel, zip, probes, risk scatter
+
+
+def test_empty_report_renders_notes_everywhere():
+    html = render_report(RunReport(run_id="empty"))
+    assert "<img" not in html
+    assert html.count('class="note"') == 8  # config summary + 7 sections
+    assert 'class="verdict none"' in html and "not checked" in html
+
+
+def test_html_special_characters_are_escaped():
+    nasty = '<script>alert("x")</script> & \'q\''
+    report = realistic_report().model_copy(update={"funnel": [], "domains": None, "bandit": None, "zip": None,
+                                                   "probes": {}})
+    report.run_name = nasty
+    report.config["inputs"] = nasty
+    report.risk.reason = nasty
+    report.risk.checks[0].detail = nasty
+    pool = report.clusters.pool
+    report.clusters.labels[max(pool, key=pool.get)] = nasty  # the pool's largest cluster: named in the table
+    html = render_report(report)
+    assert "<script>" not in html
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;"
+    assert html.count(escaped) == 6  # title, h1, config, reason, check detail, cluster label
+
+
+def test_subset_colours_are_stable_and_distinct(full_html):
+    colours = subset_colours(["topk", "custom", "zip", "quad", "random", "other"])
+    assert colours["zip"] == subset_colours(["zip"])["zip"]
+    assert len(set(colours.values())) == len(colours)
+    assert full_html.count(f'background:{colours["quad"]}') >= 3  # summary, cluster table, probe table, risk tables
+
+
+def test_misaligned_bandit_round_is_rejected_with_a_clear_error():
+    with pytest.raises(ValueError, match="must be aligned"):
+        BanditRound(round=0, pulled=[1, 2], rewards=[0.1], selected_docs=0)
+
+
+def test_hundreds_of_clusters_are_aggregated(tmp_path):
+    full = realistic_report(k=400)
+    report = RunReport(run_id="many-clusters", clusters=full.clusters)
+    path = write_report(report, tmp_path / "sub" / "report.html")
+    html = path.read_text(encoding="utf-8")
+    assert "clusters covered (of 400)" in html
+    assert len(_img_sources(html)) == 1
+    figure = cluster_figure(report.clusters, SUBSETS, subset_colours(SUBSETS))
+    axes = figure.axes[0]
+    assert len(axes.get_xticks()) == MAX_CLUSTERS
+    assert "the 360 smallest" in axes.get_xlabel()
+
+
+# ---------------------------------------------------------------- in a real headless browser
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def _find_browser() -> str | None:
+    if os.environ.get("CHROME_BIN"):
+        return os.environ["CHROME_BIN"]
+    return next((path for path in map(shutil.which, BROWSERS) if path), None)
+
+
+@pytest.fixture(scope="module")
+def browser_binary() -> str:
+    binary = _find_browser()
+    if binary is None:
+        message = ("no headless Chromium/Chrome found (looked for CHROME_BIN and " + ", ".join(BROWSERS)
+                   + "); install one: apt-get install -y chromium (scripts/test.sh does this as root)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, url: str):
+        from websockets.sync.client import connect
+
+        self.socket = connect(url, max_size=None, open_timeout=20)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, timeout: float = 30.0, **params) -> dict:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            message = json.loads(self.socket.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            self.events.append(message)
+
+    def wait_for(self, event: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        for message in self.events:
+            if message.get("method") == event:
+                return message
+        while True:
+            message = json.loads(self.socket.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+            self.events.append(message)
+            if message.get("method") == event:
+                return message
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def _start_browser(binary: str, profile: str) -> tuple[subprocess.Popen, int]:
+    args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--disable-extensions", "--disable-background-networking", "--remote-debugging-port=0",
+            f"--user-data-dir={profile}", "--window-size=1200,900", "about:blank"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        match = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+        if match:
+            return process, int(match.group(1))
+    process.kill()
+    raise RuntimeError(f"{binary} did not start its DevTools endpoint:\n{''.join(seen[-20:])}")
+
+
+PAGE_FACTS = """(() => ({
+  images: [...document.images].map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight,
+                                           shownW: i.getBoundingClientRect().width})),
+  headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
+  verdict: document.querySelector('#verdict .value')?.textContent,
+  verdictColour: document.querySelector('#verdict') && getComputedStyle(document.querySelector('#verdict'))
+                   .backgroundColor,
+  notes: [...document.querySelectorAll('.note')].map(n => n.closest('section')?.id),
+  links: [...document.querySelectorAll('[src],[href]')].map(e => e.getAttribute('src') || e.getAttribute('href'))
+           .filter(u => !u.startsWith('data:') && !u.startsWith('#')),
+  resources: performance.getEntriesByType('resource').map(r => r.name),
+  scripts: document.scripts.length,
+}))()"""
+
+
+def _inspect_in_browser(binary: str, pages: list[Path]) -> list[dict]:
+    """Load each page in headless Chromium; return what the page shows and every network request it made."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        process, port = _start_browser(binary, profile)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=20) as response:
+                targets = json.load(response)
+            page = next(t for t in targets if t.get("type") == "page")
+            tools = DevTools(page["webSocketDebuggerUrl"])
+            tools.call("Page.enable")
+            tools.call("Network.enable")
+            results = []
+            for path in pages:
+                tools.events.clear()
+                tools.call("Page.navigate", url=path.resolve().as_uri())
+                tools.wait_for("Page.loadEventFired")
+                evaluated = tools.call("Runtime.evaluate", expression=PAGE_FACTS, returnByValue=True)
+                if "exceptionDetails" in evaluated:
+                    raise RuntimeError(f"page inspection failed on {path}: {evaluated['exceptionDetails']}")
+                facts = evaluated["result"]["value"]
+                facts["requests"] = [e["params"]["request"]["url"] for e in tools.events
+                                     if e.get("method") == "Network.requestWillBeSent"]
+                shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+                facts["screenshot_bytes"] = len(base64.b64decode(shot["data"]))
+                results.append(facts)
+            tools.close()
+            return results
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_reports_render_in_headless_chromium(browser_binary, full_html, partial_html, tmp_path):
+    full, partial = tmp_path / "full.html", tmp_path / "partial.html"
+    full.write_text(full_html, encoding="utf-8")
+    partial.write_text(partial_html, encoding="utf-8")
+    start = time.perf_counter()
+    full_facts, partial_facts = _inspect_in_browser(browser_binary, [full, partial])
+    seconds = time.perf_counter() - start
+    print(f"headless chromium: 2 reports inspected in {seconds:.1f} s")
+
+    assert full_facts["headings"] == FULL_SECTIONS
+    assert len(full_facts["images"]) == FULL_PLOTS
+    for image in full_facts["images"]:
+        assert image["complete"] and image["w"] > 300 and image["h"] > 150, image
+        assert image["shownW"] > 300, image
+    assert full_facts["verdict"] == "at risk"
+    assert full_facts["verdictColour"] == "rgb(253, 236, 236)"  # the red banner
+    assert full_facts["notes"] == []
+    assert full_facts["scripts"] == 0 and full_facts["links"] == [] and full_facts["resources"] == []
+    external = [url for url in full_facts["requests"] + partial_facts["requests"]
+                if not url.startswith(("file:", "data:"))]
+    assert external == [], f"the report fetched {external}"
+    assert full_facts["screenshot_bytes"] > 50_000
+
+    assert partial_facts["headings"] == FULL_SECTIONS
+    assert len(partial_facts["images"]) == 4
+    assert all(image["complete"] and image["w"] > 0 for image in partial_facts["images"])
+    assert partial_facts["verdict"] == "insufficient history"
+    assert sorted(partial_facts["notes"]) == ["bandit", "clusters", "domains", "risk"]
+    assert seconds < 30, f"the browser check took {seconds:.1f} s"
