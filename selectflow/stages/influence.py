@@ -1,0 +1,55 @@
+"""Influence reference stage: fit EK-FAC and the reference vector on the reference set once, as an artifact.
+
+The selection stage (QUAD bandit, top-k baseline) then calls `load_scorer(ref, cfg).score(texts)` on the few
+documents it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import selectflow.influence.capture as capture_lib
+import selectflow.influence.ekfac as ekfac_lib
+import selectflow.influence.model as model_lib
+import selectflow.influence.projection as projection_lib
+import selectflow.influence.scorer as scorer_lib
+from selectflow.config import InfluenceConfig
+from selectflow.influence.scorer import InfluenceScorer
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version, stable_hash
+
+STAGE = "influence_reference"
+STATE_FILE = "influence_state.pt"
+_CODE = code_version(capture_lib, ekfac_lib, model_lib, projection_lib, scorer_lib)
+
+
+def influence_reference_stage(
+    store: ArtifactStore,
+    reference: pa.Table,
+    cfg: InfluenceConfig,
+    curvature: pa.Table | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> ArtifactRef:
+    """Fit the scorer on `reference["text"]` (EK-FAC on a sample of `curvature["text"]` when given, else of the
+    reference) and save its state. `model`/`tokenizer` override cfg.model_path (tests); the artifact key then only
+    knows cfg, so keep such stores separate."""
+    texts = reference.column("text").to_pylist()
+    curvature_texts = curvature.column("text").to_pylist() if curvature is not None else None
+    inputs = [f"reference:{stable_hash(texts)}"]
+    if curvature_texts is not None:
+        inputs.append(f"curvature:{stable_hash(curvature_texts)}")
+
+    def write(writer: ArtifactWriter) -> None:
+        scorer = InfluenceScorer(cfg, model, tokenizer).fit(texts, curvature_texts)
+        scorer.save(writer.file(STATE_FILE))
+        writer.stats(**scorer.stats, state_file=STATE_FILE)
+
+    return store.build(STAGE, cfg.model_dump(), inputs, _CODE, write)
+
+
+def load_scorer(ref: ArtifactRef, cfg: InfluenceConfig, model: Any = None, tokenizer: Any = None) -> InfluenceScorer:
+    """The fitted scorer of an influence_reference artifact, ready to score documents."""
+    return InfluenceScorer.load(Path(ref.path) / STATE_FILE, cfg, model, tokenizer)
