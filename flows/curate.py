@@ -1,4 +1,5 @@
-"""The `curate` DAG: ingest -> exact + near dedup -> selection (ZIP)."""
+"""The `curate` DAG: ingest -> exact + near dedup -> clusters -> influence -> selection (ZIP, QUAD, baselines)
+-> probe training -> entropy-law risk check -> report."""
 
 import contextlib
 import json
@@ -6,16 +7,29 @@ import uuid
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.runtime import deployment, flow_run
 
+from flows.cluster import cluster_pool
 from flows.dedup import deduplicate
+from flows.evaluate import assess_risk, probe_subsets
 from flows.ingest import ingest_corpus
 from flows.runner import dask_runner
 from flows.select import select_subset
 from selectflow import summary
-from selectflow.config import CurateConfig
+from selectflow.config import CurateConfig, IngestConfig, ProbeConfig
 from selectflow.ingest import plan_inputs
+from selectflow.probe.metrics import learning_speed
+from selectflow.report import Risk, write_report
+from selectflow.report.assemble import assemble_report, risk_section
+from selectflow.risk import (
+    SubsetAssessment,
+    combine,
+    history_from_mlflow,
+    probe_metrics,
+    verdict_markdown,
+    verdict_metrics,
+)
 from selectflow.runs import RunRecord
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
 from selectflow.tracking import Tracker
@@ -23,8 +37,10 @@ from selectflow.tracking import Tracker
 
 @flow(name="curate", log_prints=True)
 def curate(config: CurateConfig) -> dict:
-    """Take a raw corpus to its selected subset, with per-document lineage and an MLflow run."""
-    files = plan_inputs(config.ingest)  # a missing or unreadable input fails here, before anything starts
+    """Take a raw corpus to its selected subsets, judged by probe training, with lineage and an MLflow run."""
+    # A missing or unreadable input fails here, before anything starts.
+    files = plan_inputs(config.ingest)
+    held_out = {name: (cfg, plan_inputs(cfg)) for name, cfg in held_out_sets(config).items()}
     store = ArtifactStore(config.workspace / "store")
     store.clean_tmp()
     run = RunRecord(
@@ -35,42 +51,129 @@ def curate(config: CurateConfig) -> dict:
     workspace = str(store.root)
     retrying = {"retries": config.retries, "retry_delay_seconds": config.retry_delay_seconds}
     tracker = Tracker(config.tracking, config.workspace)
-    tags = {"prefect.flow_run_id": str(run.flow_run_id), "selectflow.code_version": package_code_version()}
+    tags = {"prefect.flow_run_id": str(run.flow_run_id), "selectflow.code_version": package_code_version(),
+            "selectflow.deployment": deployment.get_name() or "local"}
     with tracker.run(config.run_name or flow_run.get_name(), tags, run.config) as mlflow_run, \
             dask_runner(config.dask) as task_runner, _recorded(run, store):
         run.mlflow_run_id = mlflow_run.info.run_id
         run.save(store)
 
+        def record(stage: str, refs: list[ArtifactRef], params: dict | None = None, metrics: dict | None = None,
+                   logged: list[ArtifactRef] = ()):
+            """Add a stage's artifacts to the run record; with params, also a nested MLflow run for it."""
+            run.add(stage, refs)
+            run.save(store)
+            if params is not None:
+                tracker.stage(stage, [*refs, *logged], params, _numbers(metrics or refs[0].manifest()["stats"]))
+
         ingested = ingest_corpus.with_options(task_runner=task_runner)(workspace, files, config.ingest, **retrying)
-        run.add("ingest", ingested)
-        run.save(store)
-        tracker.stage("ingest", ingested, config.ingest.model_dump(mode="json"), summary.ingest_metrics(ingested))
+        record("ingest", ingested, config.ingest.model_dump(mode="json"), summary.ingest_metrics(ingested))
 
         shards = [shard for ref in ingested for shard in ref.shards("docs")]
         dedup = deduplicate.with_options(task_runner=task_runner)(workspace, shards, config.dedup, **retrying)
-        run.add("dedup_exact", [dedup.exact])
-        run.add("minhash", dedup.signatures)
-        run.add("dedup_near", [dedup.near])
-        run.add("deduped", dedup.deduped)
-        run.save(store)
-        tracker.stage("dedup_exact", [dedup.exact], config.dedup.exact.model_dump(), dedup.exact.manifest()["stats"])
-        tracker.stage("dedup_near", [dedup.near, *dedup.signatures], config.dedup.near.model_dump(),
-                      dedup.near.manifest()["stats"])
+        record("dedup_exact", [dedup.exact], config.dedup.exact.model_dump())
+        record("minhash", dedup.signatures)
+        record("dedup_near", [dedup.near], config.dedup.near.model_dump(), logged=dedup.signatures)
+        record("deduped", dedup.deduped)
+        subsets: dict[str, ArtifactRef] = {}
+        risk, speeds = None, {}
 
-        selected = select_subset.with_options(task_runner=task_runner)(workspace, dedup.deduped, config.selection)
-        for stage, ref in selected.items():
-            run.add(stage, [ref])
-        run.save(store)
-        if "select_zip" in selected:
-            track_zip(tracker, selected["select_zip"], config.selection.zip)
+        if config.selection.selector != "none":
+            sets = {name: ingest_corpus.with_options(name=f"ingest-{name}", task_runner=task_runner)(
+                workspace, planned, cfg, **retrying) for name, (cfg, planned) in held_out.items()}
+            for name, refs in sets.items():
+                record(f"{name}_set", refs)
+            embeddings, clusters = cluster_pool.with_options(task_runner=task_runner)(
+                workspace, dedup.deduped, config.cluster, **retrying)
+            record("embed", embeddings)
+            record("cluster", [clusters], config.cluster.model_dump(), logged=embeddings)
 
-        published = {stage: summary.publish(run, stage, store) for stage in ("deduped", *selected)}
+            selection = select_subset.with_options(task_runner=task_runner)(
+                workspace, dedup.deduped, config.selection, clusters, sets.get("reference"),
+                config.influence if config.needs_influence else None)
+            subsets = selection.subsets
+            if selection.influence is not None:
+                record("influence_reference", [selection.influence], config.influence.model_dump())
+            for stage, ref in subsets.items():
+                record(stage, [ref])
+                track_selection(tracker, stage, ref, config.selection.model_dump())
+
+            if config.needs_probes:
+                probes = probe_subsets.with_options(task_runner=task_runner)(
+                    workspace, dedup.deduped, subsets, sets["reference"], sets.get("unseen", []), config.probe,
+                    **retrying)
+                for name, ref in probes.items():
+                    record(f"probe_{name}", [ref])
+                    track_probe(tracker, name, ref, config.probe)
+                speeds = log_probe_results(tracker, probes, config.probe)
+                if config.risk.enabled:
+                    risk = judge_risk(config, tracker, probes, exclude_run_id=run.mlflow_run_id,
+                                      deployment=tags["selectflow.deployment"])
+
+        published = {stage: summary.publish(run, stage, store) for stage in ("deduped", *subsets)}
         run.summary = summary.run_summary(run, store, published)
+        report = write_report(assemble_report(run, risk, speeds), Path(run.summary["deduped"]).parent / "report.html")
+        run.summary["report"] = str(report)
+        if risk is not None:
+            run.summary["risk"] = {"verdict": risk.overall, "reason": risk.reason}
         run.status = "completed"
         run.save(store)
-        tracker.log_summary(summary.summary_metrics(run.summary), {"summary.json": run.summary})
+        tracker.log_summary(summary.summary_metrics(run.summary), {"summary.json": run.summary}, files=[report])
     create_markdown_artifact(summary.markdown(run.summary), key="curate-summary", description="selectflow run summary")
+    create_link_artifact(report.as_uri(), link_text=f"run report ({report.name})", key="curate-report",
+                         description="Self-contained HTML report: funnel, clusters, bandit, ZIP, probes, risk")
+    if risk is not None and risk.overall == "at risk" and config.risk.fail_on_risk:
+        raise SubsetAtRisk(f"risk.fail_on_risk: the selected subset is at risk. {risk.reason} Report: {report}")
     return run.summary
+
+
+def log_probe_results(tracker: Tracker, probes: dict[str, ArtifactRef], cfg: ProbeConfig) -> dict[str, int | None]:
+    """Each probe's R, L and held-out losses on the parent run (the history later risk checks fit on), and the
+    learning speed of each subset: steps to one shared held-out loss level."""
+    curves = {name: ref.read("curve", columns=["step", "reference_loss"]).to_pydict() for name, ref in probes.items()}
+    level, steps = learning_speed({name: (c["step"], c["reference_loss"]) for name, c in curves.items()},
+                                  cfg.speed_fraction, cfg.speed_level)
+    metrics = {k: v for name, ref in probes.items() for k, v in probe_metrics(name, ref.manifest()["stats"]).items()}
+    metrics |= {f"probe.{name}.steps_to_level": float(step) for name, step in steps.items() if step is not None}
+    tracker.log_summary(metrics | {"probe.speed_level": level})
+    return steps
+
+
+def judge_risk(config: CurateConfig, tracker: Tracker, probes: dict[str, ArtifactRef], exclude_run_id: str,
+               deployment: str) -> Risk:
+    """The entropy-law risk check of each selected subset against the random subset and this deployment's history."""
+    history = history_from_mlflow(tracker.uri, config.tracking.experiment, deployment=deployment,
+                                  exclude_run_id=exclude_run_id, ratio=config.risk.ratio,
+                                  limit=config.risk.history_limit)
+    assessed = assess_risk(probes, history, config.risk)
+    log_risk(tracker, assessed)
+    for item in assessed:
+        create_markdown_artifact(verdict_markdown(item.subset, item.verdict), key=f"risk-{item.subset}",
+                                 description=f"Entropy-law risk check of the {item.subset} subset")
+    stats = {name: ref.manifest()["stats"] for name, ref in probes.items()}
+    return risk_section(assessed, stats, history, config.risk)
+
+
+class SubsetAtRisk(RuntimeError):
+    """The entropy-law risk check flagged a selected subset and the config says to fail the run."""
+
+
+def log_risk(tracker: Tracker, assessed: list[SubsetAssessment]) -> None:
+    """Each selected subset's verdict as a metric and a tag of the parent run, the overall one as a tag too."""
+    metrics, tags = {}, {}
+    for item in assessed:
+        subset_metrics, subset_tags = verdict_metrics(item.subset, item.verdict)
+        metrics |= subset_metrics
+        tags |= subset_tags
+    if assessed:
+        tags["risk.verdict"] = combine(*[item.verdict for item in assessed]).verdict
+    tracker.log_summary(metrics, tags=tags)
+
+
+def held_out_sets(config: CurateConfig) -> dict[str, IngestConfig]:
+    """The reference (target) set and the unseen-domain set, each read like any input (quarantine included)."""
+    sets = {"reference": config.reference, "unseen": config.probe.unseen if config.needs_probes else []}
+    return {name: IngestConfig(inputs=inputs) for name, inputs in sets.items() if inputs}
 
 
 @contextlib.contextmanager
@@ -84,12 +187,29 @@ def _recorded(run: RunRecord, store: ArtifactStore):
         raise
 
 
-def track_zip(tracker: Tracker, selected: ArtifactRef, cfg) -> None:
-    manifest = selected.manifest()
-    stats = manifest["stats"]
-    metrics = {"selected": stats["docs_out"], "pool": stats["docs_in"], "seconds": stats["seconds"]["total"]}
-    metrics |= {f"final_ratio.{name}": value for name, value in stats["final_ratio"].items()}
-    rounds = (Path(selected.path) / "rounds.json").read_text()
+def track_selection(tracker: Tracker, stage: str, selected: ArtifactRef, params: dict) -> None:
+    """A selector's nested MLflow run: its stats as metrics, its rounds as series, the selected ids."""
+    metrics = _numbers(selected.manifest()["stats"])
+    rounds_file = Path(selected.path) / "rounds.json"
+    rounds = json.loads(rounds_file.read_text()) if rounds_file.is_file() else []
     ids = "\n".join(selected.read("docs", columns=["doc_id"])["doc_id"].to_pylist()) + "\n"
-    tracker.stage("select_zip", [selected], cfg.model_dump(), metrics, series=json.loads(rounds),
-                  texts={"selected_ids.txt": ids, "rounds.json": rounds})
+    texts = {"selected_ids.txt": ids} | ({"rounds.json": rounds_file.read_text()} if rounds else {})
+    tracker.stage(stage, [selected], params, metrics, series=[_numbers(r) for r in rounds], texts=texts)
+
+
+def track_probe(tracker: Tracker, name: str, probe: ArtifactRef, cfg: ProbeConfig) -> None:
+    """A probe's nested MLflow run: its metrics, and its loss curve as per-step series."""
+    curve = probe.read("curve").to_pylist()
+    tracker.stage(f"probe_{name}", [probe], cfg.model_dump(mode="json"), _numbers(probe.manifest()["stats"]),
+                  series=[_numbers(row) for row in curve])
+
+
+def _numbers(values: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of nested stats, with dotted names (lists and strings are left to the attached files)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out |= _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out

@@ -46,16 +46,22 @@ def _prefect_env() -> dict[str, str]:
 
 
 def run_shards(task, calls: list[dict], stage: str) -> list[ArtifactRef]:
-    """Submit `task` once per call, report progress as they finish, return their artifacts in call order.
+    """Submit `task` once per call, report progress as they finish, return their artifacts in call order."""
+    return run_tasks([(task, call) for call in calls], stage)
+
+
+def run_tasks(calls: list[tuple], stage: str) -> list[ArtifactRef]:
+    """Submit each (task, parameters) at once so they run side by side; their artifacts, in call order.
 
     A Prefect cache hit whose artifact was since deleted from the store is recomputed, not trusted.
     """
-    futures = [task.submit(**call) for call in calls]
+    futures = [task.submit(**params) for task, params in calls]
     with StageProgress(stage, total=len(futures)) as progress:
         for _ in as_completed(futures):
             progress.advance()
     refs = [future.result() for future in futures]
     for index, ref in enumerate(refs):
         if not ref.exists():
-            refs[index] = task.with_options(refresh_cache=True).submit(**calls[index]).result()
+            task, params = calls[index]
+            refs[index] = task.with_options(refresh_cache=True).submit(**params).result()
     return refs

@@ -1,16 +1,60 @@
+import math
+from dataclasses import dataclass
+
 from prefect import flow
 
-from flows.runner import run_shards
-from selectflow.config import SelectionConfig
+from flows.runner import run_shards, run_tasks
+from selectflow.config import InfluenceConfig, QuadConfig, SelectionConfig
 from selectflow.store import ArtifactRef
-from tasks.select import zip_selection
+from tasks.influence import influence_reference
+from tasks.select import quad_selection, random_selection, topk_selection, zip_selection
+
+
+@dataclass
+class Selection:
+    subsets: dict[str, ArtifactRef]  # by stage: select_zip, select_quad, select_random, select_topk
+    influence: ArtifactRef | None  # the fitted influence reference, when a selector scores influence
 
 
 @flow(name="select")
-def select_subset(workspace: str, pool: list[ArtifactRef], cfg: SelectionConfig) -> dict[str, ArtifactRef]:
-    """The configured selectors over the deduplicated pool; each returns its selected documents and decisions."""
-    selected = {}
-    if cfg.selector == "zip":
-        (selected["select_zip"],) = run_shards(zip_selection, [{"workspace": workspace, "pool": pool, "cfg": cfg.zip}],
-                                               "zip selection")
-    return selected
+def select_subset(
+    workspace: str,
+    pool: list[ArtifactRef],
+    cfg: SelectionConfig,
+    clusters: ArtifactRef | None = None,
+    reference: list[ArtifactRef] | None = None,
+    influence_cfg: InfluenceConfig | None = None,
+) -> Selection:
+    """Fit the influence reference when needed, then the selectors and baselines side by side over the same pool."""
+    influence = None
+    if influence_cfg is not None:
+        (influence,) = run_shards(influence_reference,
+                                  [{"workspace": workspace, "reference": reference, "cfg": influence_cfg}],
+                                  "influence reference")
+    common = {"workspace": workspace, "pool": pool}
+    calls = {}
+    if cfg.selector in ("zip", "both"):
+        # Only when semantic dedup dropped documents: otherwise re-clustering would needlessly re-run ZIP.
+        semdedup = clusters if clusters is not None and clusters.manifest()["stats"]["dropped"] else None
+        calls["select_zip"] = (zip_selection, common | {"cfg": cfg.zip, "semantic_dedup": semdedup})
+    if cfg.selector in ("quad", "both"):
+        calls["select_quad"] = (quad_selection, common | {"clusters": clusters, "influence": influence,
+                                                           "cfg": cfg.quad, "influence_cfg": influence_cfg})
+    if calls and "random" in cfg.baselines:
+        calls["select_random"] = (random_selection, common | {"clusters": clusters, "budget": baseline_budget(cfg),
+                                                              "seed": cfg.seed})
+    if calls and "topk" in cfg.baselines:
+        calls["select_topk"] = (topk_selection, common | {
+            "clusters": clusters, "influence": influence, "budget": baseline_budget(cfg),
+            "influence_cfg": influence_cfg, "candidates": cfg.topk_candidates, "seed": cfg.seed})
+    return Selection(dict(zip(calls, run_tasks(list(calls.values()), "selection"))), influence)
+
+
+def baseline_budget(cfg: SelectionConfig) -> QuadConfig:
+    """The baselines get the budget of the subset they are compared with: QUAD's, else what ZIP will select."""
+    if cfg.selector in ("quad", "both"):
+        return cfg.quad
+    budget = cfg.zip.budget
+    if cfg.zip.budget_unit == "docs":
+        budget = math.ceil(budget / cfg.zip.k3) * cfg.zip.k3  # ZIP picks whole rounds of k3
+    return QuadConfig(budget=budget, budget_unit=cfg.zip.budget_unit, token_counter=cfg.zip.token_counter)

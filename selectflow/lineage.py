@@ -11,9 +11,13 @@ from selectflow.runs import RunRecord, load_run
 from selectflow.store import ArtifactStore
 from selectflow.text import doc_id as make_doc_id
 
-# Stages that record a decision per document, in DAG order.
-DECISION_STAGES = ("dedup_exact", "dedup_near", "select_zip")
-_OUT = {"dropped": "dropped", "rejected": "not selected"}
+# Stages that filter the pool (a drop there is final), in DAG order.
+FILTER_STAGES = ("dedup_exact", "dedup_near", "cluster")
+# Selectors run side by side on the filtered pool: the first two give the run's subsets, the rest are baselines.
+SELECTION_STAGES = ("select_zip", "select_quad", "select_random", "select_topk")
+PRIMARY_SELECTIONS = ("select_zip", "select_quad")
+# The short name of each selection stage's subset (probes, risk and the report use it).
+SUBSET_OF_STAGE = {"select_zip": "zip", "select_quad": "quad", "select_random": "random", "select_topk": "topk"}
 _FILE_LINE = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
 
 
@@ -50,15 +54,37 @@ def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> di
     row["text"] = row["text"][:200]
     result["origin"] = row
     result["decisions"].append({"stage": "ingest", "decision": "kept", "reason": f"read from {row['source']} line {row['line']}"})
-    for stage in DECISION_STAGES:
-        files = [f for ref in run.refs(stage) for f in ref.files("decisions")]
-        found = _find(files, "doc_id", doc, ["stage", "decision", "reason", "ref_doc_id", "score", "group"])
+    for stage in FILTER_STAGES:
+        found = _decisions(run, stage, doc)
         result["decisions"].extend(found)
-        if out := next((d["decision"] for d in found if d["decision"] in _OUT), None):
-            result["final"] = f"out: {_OUT[out]} at {stage}"
+        if any(d["decision"] == "dropped" for d in found):
+            result["final"] = f"out: dropped at {stage}"
             return result
-    result["final"] = "in: kept by every stage" if run.status == "completed" else f"undecided: run is {run.status}"
+    verdicts = {}
+    for stage in SELECTION_STAGES:
+        found = _decisions(run, stage, doc)
+        result["decisions"].extend(found)
+        if found:
+            verdicts[stage] = found[0]["decision"]
+    result["final"] = _selection_verdict(verdicts, run.status)
     return result
+
+
+def _decisions(run: RunRecord, stage: str, doc: str) -> list[dict]:
+    files = [f for ref in run.refs(stage) for f in ref.files("decisions")]
+    return _find(files, "doc_id", doc, ["stage", "decision", "reason", "ref_doc_id", "score", "group"])
+
+
+def _selection_verdict(verdicts: dict[str, str], status: str) -> str:
+    """Kept by every filter; now: which of the run's subsets took it (baselines are named but do not decide)."""
+    primaries = [stage for stage in PRIMARY_SELECTIONS if stage in verdicts]
+    if not primaries:
+        return "in: kept by every stage" if status == "completed" else f"undecided: run is {status}"
+    chosen = [stage for stage in primaries if verdicts[stage] == "selected"]
+    passed = [stage for stage in primaries if stage not in chosen]
+    if not chosen:
+        return f"out: not selected at {' or '.join(passed)}"
+    return f"in: selected by {', '.join(chosen)}" + (f"; not selected by {', '.join(passed)}" if passed else "")
 
 
 def run_graph(store: ArtifactStore, run_id: str | None = None) -> dict:

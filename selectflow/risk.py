@@ -190,12 +190,20 @@ def combine(*verdicts: RiskVerdict) -> RiskVerdict:
     return RiskVerdict(overall, "combined", reason, numbers)
 
 
+@dataclass(frozen=True)
+class SubsetAssessment:
+    subset: str
+    checks: tuple[RiskVerdict, ...]  # vs the random subset, vs the history
+    verdict: RiskVerdict  # the checks combined: the one to log and act on
+
+
 def check_subset(
-    candidate: RiskPoint, random_same_size: RiskPoint | None, history: list[RiskPoint], cfg: RiskConfig
-) -> RiskVerdict:
-    """Both checks and the combined verdict (the one to log and act on)."""
-    return combine(check_against_reference(candidate, random_same_size, cfg),
-                   check_against_history(candidate, history, cfg, baseline=random_same_size))
+    subset: str, candidate: RiskPoint, random_same_size: RiskPoint | None, history: list[RiskPoint], cfg: RiskConfig
+) -> SubsetAssessment:
+    """Both checks and the combined verdict."""
+    checks = (check_against_reference(candidate, random_same_size, cfg),
+              check_against_history(candidate, history, cfg, baseline=random_same_size))
+    return SubsetAssessment(subset, checks, combine(*checks))
 
 
 def probe_metrics(subset: str, stats: dict) -> dict[str, float]:

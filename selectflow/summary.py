@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from selectflow.lineage import FILTER_STAGES, PRIMARY_SELECTIONS, SELECTION_STAGES
 from selectflow.runs import RunRecord
 from selectflow.store import ArtifactRef, ArtifactStore
 
@@ -37,12 +38,13 @@ def _work_seconds(refs: list[ArtifactRef]) -> float:
 
 
 def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) -> dict:
-    """`outputs`: the published folders by stage (see `publish`); the last one is the run's result."""
+    """`outputs`: the published folders by stage (see `publish`); the first selector's is the run's result."""
     ingested = run.refs("ingest")
     ingest = ingest_metrics(ingested)
+    result = next((stage for stage in PRIMARY_SELECTIONS if stage in outputs), "deduped")
     rows = [{"stage": "ingest", "docs_in": ingest["docs_out"] + ingest["quarantined"], "docs_out": ingest["docs_out"],
              "dropped": ingest["quarantined"], "work_s": _work_seconds(ingested)}]
-    for stage in ("dedup_exact", "dedup_near", "select_zip"):
+    for stage in (*FILTER_STAGES, *SELECTION_STAGES):
         refs = run.refs(stage)
         if not refs:
             continue
@@ -55,9 +57,10 @@ def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) 
         "stages": rows,
         "quarantine": {"count": ingest["quarantined"], "reasons": quarantine_reasons(ingested),
                        "tables": [f for ref in ingested for f in ref.files("quarantine")]},
-        "outputs": str(list(outputs.values())[-1]),
+        "outputs": str(outputs[result]),
+        "subsets": {stage: str(folder) for stage, folder in outputs.items() if stage != "deduped"},
         "deduped": str(outputs["deduped"]),
-        "docs_out": rows[-1]["docs_out"],
+        "docs_out": {row["stage"]: row["docs_out"] for row in rows}.get(result, rows[-1]["docs_out"]),
         "run_record": str(store.root / "runs" / f"{run.run_id}.json"),
         "mlflow_run_id": run.mlflow_run_id,
     }
@@ -91,6 +94,9 @@ def markdown(summary: dict) -> str:
     lines += [f"| {r['stage']} | {r['docs_in']} | {r['docs_out']} | {r['dropped']} | {r['work_s']} |"
               for r in summary["stages"]]
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["quarantine"]["reasons"].items()) or "none"
-    return "\n".join([f"# selectflow run {summary['run_id']}", "", *lines, "",
+    risk = [f"**Entropy-law risk: {summary['risk']['verdict']}.** {summary['risk']['reason']}", ""] \
+        if "risk" in summary else []
+    report = [f"Report: `{summary['report']}`"] if "report" in summary else []
+    return "\n".join([f"# selectflow run {summary['run_id']}", "", *risk, *lines, "",
                       f"Quarantined: {summary['quarantine']['count']} ({reasons})", "",
-                      f"Outputs: `{summary['outputs']}`"])
+                      f"Outputs: `{summary['outputs']}`", *report])

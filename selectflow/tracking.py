@@ -74,10 +74,22 @@ class Tracker:
                 mlflow.log_input(_dataset(ref), context=name)
             return run.info.run_id
 
-    def log_summary(self, metrics: dict[str, float], artifacts: dict[str, dict] | None = None) -> None:
+    def log_summary(
+        self,
+        metrics: dict[str, float],
+        artifacts: dict[str, dict] | None = None,
+        tags: dict[str, str] | None = None,
+        files: list[Path] = (),
+    ) -> None:
+        """Metrics, JSON artifacts, tags and files on the flow's parent run."""
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.parent_id)
         for name, payload in (artifacts or {}).items():
             self.mlflow.log_dict(payload, name, run_id=self.parent_id)
+        client = self.mlflow.MlflowClient(self.uri)
+        for key, value in (tags or {}).items():
+            client.set_tag(self.parent_id, key, value)
+        for path in files:
+            client.log_artifact(self.parent_id, str(path))
 
 
 def _dataset(ref: ArtifactRef):

@@ -33,6 +33,10 @@ def content_cache_key(context, parameters: dict) -> str:
     return stable_hash(context.task.name, params, package_code_version(), size=20)
 
 
+# Task options of every task that produces an artifact: skipped when its inputs, config and code are unchanged.
+CACHED = {"cache_key_fn": content_cache_key, "persist_result": True}
+
+
 @contextlib.contextmanager
 def dask_client():
     """The cluster's client when running on a Dask worker (DaskTaskRunner), else None (thread pool, tests)."""

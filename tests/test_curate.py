@@ -62,8 +62,11 @@ def test_curate_small_corpus(prefect_harness, small_config):
     assert lineage["final"] == "out: dropped at dedup_near"
     assert "near-duplicate of" in lineage["decisions"][-1]["reason"]
     kept = doc_lineage(store, outputs[0]["doc_id"])
-    assert kept["final"] == "in: kept by every stage" and len(kept["decisions"]) == 4
-    assert kept["decisions"][-1]["reason"].startswith("selected in round ")
+    assert kept["final"] == "in: selected by select_zip"
+    by_stage = {d["stage"]: d for d in kept["decisions"]}
+    assert list(by_stage) == ["ingest", "dedup_exact", "dedup_near", "cluster", "select_zip", "select_random"]
+    assert by_stage["select_zip"]["reason"].startswith("selected in round ")
+    assert by_stage["cluster"]["group"].startswith("cluster ")
     zip_decisions = run.refs("select_zip")[0].read("decisions")
     assert zip_decisions.num_rows == len(deduped)
     rejected = zip_decisions.filter(pc.equal(zip_decisions["decision"], "rejected"))["doc_id"][0].as_py()
@@ -73,7 +76,7 @@ def test_curate_small_corpus(prefect_harness, small_config):
 
     graph = run_graph(store)
     assert [s["stage"] for s in graph["stages"]] == [
-        "ingest", "dedup_exact", "minhash", "dedup_near", "deduped", "select_zip"]
+        "ingest", "dedup_exact", "minhash", "dedup_near", "deduped", "embed", "cluster", "select_zip", "select_random"]
     assert len(graph["stages"][0]["artifacts"]) == 13
 
     import mlflow
@@ -85,9 +88,9 @@ def test_curate_small_corpus(prefect_harness, small_config):
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_stage = {child.data.tags["selectflow.stage"]: child for child in children}
-    assert set(by_stage) == {"ingest", "dedup_exact", "dedup_near", "select_zip"}
+    assert set(by_stage) == {"ingest", "dedup_exact", "dedup_near", "cluster", "select_zip", "select_random"}
     zip_run = by_stage["select_zip"]
-    assert zip_run.data.metrics["selected"] == 150 and zip_run.data.metrics["final_ratio.zlib9"] > 1
+    assert zip_run.data.metrics["docs_out"] == 150 and zip_run.data.metrics["final_ratio.zlib9"] > 1
     assert len(client.get_metric_history(zip_run.info.run_id, "seconds_coarse")) == 6  # one per round
     selected_ids = client.download_artifacts(zip_run.info.run_id, "selected_ids.txt")
     assert open(selected_ids).read().split() == [row["doc_id"] for row in read_outputs_in_order(summary)]
@@ -162,6 +165,7 @@ def test_missing_input_fails_at_once(prefect_harness, tmp_path):
     assert not (tmp_path / "ws" / "store").exists()
 
 
+@pytest.mark.slow  # the quickstart runs the same job in CI
 def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
     """The README's job: the embedded sample with its shipped config (process workers), under a test server."""
     from flows.curate import curate

@@ -104,7 +104,9 @@ def test_combined_verdict():
     reference_ok = check_against_reference(RiskPoint(2.5, 5.0), RiskPoint(3.0, 5.5), CFG)
     assert combine(reference_ok, history_short).verdict == OK
     assert combine(history_short, check_against_reference(RiskPoint(3, 5), None, CFG)).verdict == INSUFFICIENT
-    verdict = check_subset(RiskPoint(4.0, 5.0), RiskPoint(3.0, 5.0), _synthetic_history(30, 0.02), CFG)
+    assessed = check_subset("zip", RiskPoint(4.0, 5.0), RiskPoint(3.0, 5.0), _synthetic_history(30, 0.02), CFG)
+    verdict = assessed.verdict
+    assert [check.check for check in assessed.checks] == ["reference", "history"]
     assert verdict.verdict == AT_RISK and verdict.numbers["reference.verdict"] == OK
     assert verdict.numbers["history.verdict"] == AT_RISK
     metrics, tags = verdict_metrics("zip", verdict)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +20,9 @@ import selectflow.select.zip as zip_lib
 from selectflow.config import InfluenceConfig, QuadConfig
 from selectflow.schema import decisions_table
 from selectflow.select.baselines import random_select, topk_select
-from selectflow.select.quad import QuadResult, neighbours_from_arrays, quad_select
+from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
 from selectflow.select.zip import token_counter
+from selectflow.stages.pool import Pool, read_pool
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
 
 QUAD, RANDOM, TOPK = "select_quad", "select_random", "select_topk"
@@ -43,31 +43,6 @@ QUAD_DECISIONS = pa.schema(
         pa.field("selected", pa.bool_(), nullable=False),
     ]
 )
-
-
-@dataclass
-class Pool:
-    docs: pa.Table  # DOCS schema, only documents the cluster stage kept
-    clusters: np.ndarray  # cluster id per document (-1 when no cluster artifact was given)
-    excluded: int  # documents the cluster stage dropped (or did not assign)
-
-
-def read_pool(pool: list[ArtifactRef], cluster_ref: ArtifactRef | None) -> Pool:
-    """Pool documents kept by the cluster stage, with their cluster ids."""
-    docs = pa.concat_tables([ref.read("docs") for ref in pool])
-    if cluster_ref is None:
-        return Pool(docs, np.full(docs.num_rows, -1, np.int64), 0)
-    assignments = cluster_ref.read("assignments", columns=["doc_id", "cluster", "kept"])
-    cluster_of = {
-        doc: cluster
-        for doc, cluster, kept in zip(assignments["doc_id"].to_pylist(), assignments["cluster"].to_pylist(),
-                                      assignments["kept"].to_pylist())
-        if kept
-    }
-    keep = [index for index, doc in enumerate(docs["doc_id"].to_pylist()) if doc in cluster_of]
-    kept = docs.take(pa.array(keep, pa.int64()))
-    clusters = np.array([cluster_of[doc] for doc in kept["doc_id"].to_pylist()], dtype=np.int64)
-    return Pool(kept, clusters, docs.num_rows - kept.num_rows)
 
 
 def _token_lengths(docs: pa.Table, counter: str) -> np.ndarray:
@@ -189,6 +164,13 @@ def select_quad_stage(
         scorer = _load_scorer(influence_ref, influence_cfg)
         result = quad_select(data.clusters, neighbours, lambda idx: scorer.score([texts[i] for i in idx]), cfg,
                              d_max, lengths, progress=progress)
+        if not len(result.selected):
+            raise QuadError(
+                f"QUAD selected nothing: it stopped ({result.stopped}) after {len(result.rounds)} rounds and "
+                f"{result.scored} scored documents (mean influence {np.nanmean(result.docs.influence):.2e}) without "
+                f"any pull's mean influence exceeding selection.quad.threshold={cfg.threshold}; lower the threshold, "
+                "or check that the reference set and influence.model_path fit this pool"
+            )
         doc_ids = data.docs["doc_id"].to_pylist()
         writer.write("quad_decisions", quad_decisions_table(doc_ids, result))
         influence = [None if np.isnan(x) else float(x) for x in result.docs.influence.tolist()]

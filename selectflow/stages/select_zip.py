@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyarrow as pa
-
 import selectflow.compression as compression_lib
 import selectflow.select.zip as zip_lib
 from selectflow.config import ZipConfig
 from selectflow.schema import decisions_table
 from selectflow.select.zip import zip_select
+from selectflow.stages.pool import read_pool
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
 
 STAGE = "select_zip"
@@ -29,10 +28,16 @@ def _reason(row: dict, mode: str) -> str:
 
 
 def zip_stage(
-    store: ArtifactStore, pool: list[ArtifactRef], cfg: ZipConfig, progress: Callable[[int, dict], None] | None = None
+    store: ArtifactStore,
+    pool: list[ArtifactRef],
+    cfg: ZipConfig,
+    progress: Callable[[int, dict], None] | None = None,
+    clusters: ArtifactRef | None = None,
 ) -> ArtifactRef:
+    """ZIP over the pool; with `clusters`, only over the documents its semantic dedup kept."""
+
     def write(writer: ArtifactWriter) -> None:
-        docs = pa.concat_tables([ref.read("docs") for ref in pool])
+        docs = read_pool(pool, clusters).docs
         result = zip_select(docs, cfg, progress=progress)
         rows = result.decisions.to_pylist()
         writer.write("decisions", decisions_table(
@@ -50,4 +55,5 @@ def zip_stage(
                      stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
                      rounds=len(result.rounds))
 
-    return store.build(STAGE, cfg.model_dump(), [ref.key for ref in pool], _CODE, write)
+    inputs = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
+    return store.build(STAGE, cfg.model_dump(), inputs, _CODE, write)

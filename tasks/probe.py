@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pyarrow as pa
+from prefect import task
+
+from selectflow.config import ProbeConfig
+from selectflow.stages.probe import full_pool_stage, probe_stage
+from selectflow.store import ArtifactRef, ArtifactStore
+from tasks.common import CACHED
+
+
+def _docs(refs: list[ArtifactRef]) -> pa.Table | None:
+    return pa.concat_tables([ref.read("docs") for ref in refs]) if refs else None
+
+
+@task(name="full-pool-sample", **CACHED)
+def full_pool_sample(workspace: str, pool: list[ArtifactRef], cfg: ProbeConfig) -> ArtifactRef:
+    """The deduplicated pool sampled to the probe's token budget: the 'no selection' point of comparison."""
+    return full_pool_stage(ArtifactStore(workspace), pool, cfg)
+
+
+@task(name="probe-training", **CACHED, task_run_name="probe {name}")
+def probe_training(
+    workspace: str,
+    name: str,
+    subset: list[ArtifactRef],
+    reference: list[ArtifactRef],
+    unseen: list[ArtifactRef],
+    cfg: ProbeConfig,
+) -> ArtifactRef:
+    """A short probe training run on one subset: loss curve, first-epoch loss, code length, held-out losses."""
+    return probe_stage(ArtifactStore(workspace), name, subset, _docs(reference), _docs(unseen), cfg)
