@@ -31,6 +31,7 @@ from selectflow.risk import (
     verdict_metrics,
 )
 from selectflow.runs import RunRecord
+from selectflow.select.quad import round_metrics
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
 from selectflow.tracking import Tracker
 
@@ -194,7 +195,8 @@ def track_selection(tracker: Tracker, stage: str, selected: ArtifactRef, params:
     rounds = json.loads(rounds_file.read_text()) if rounds_file.is_file() else []
     ids = "\n".join(selected.read("docs", columns=["doc_id"])["doc_id"].to_pylist()) + "\n"
     texts = {"selected_ids.txt": ids} | ({"rounds.json": rounds_file.read_text()} if rounds else {})
-    tracker.stage(stage, [selected], params, metrics, series=[_numbers(r) for r in rounds], texts=texts)
+    per_round = round_metrics if stage == "select_quad" else _numbers  # QUAD's rounds hold per-arm lists
+    tracker.stage(stage, [selected], params, metrics, series=[per_round(r) for r in rounds], texts=texts)
 
 
 def track_probe(tracker: Tracker, name: str, probe: ArtifactRef, cfg: ProbeConfig) -> None:

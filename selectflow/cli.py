@@ -97,6 +97,13 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
     for table_path in quarantine["tables"][:5]:
         console.print(f"  {table_path}")
     console.print(f"Results (Parquet):   {summary['outputs']}")
+    for stage, folder in summary.get("subsets", {}).items():
+        if folder != summary["outputs"]:
+            console.print(f"  {stage + ':':<18} {folder}")
+    if risk := summary.get("risk"):
+        console.print(f"Entropy-law risk:    {risk['verdict']}")
+    if "report" in summary:
+        console.print(f"Report (HTML):       {summary['report']}")
     console.print(f"Run record:          {summary['run_record']}")
     console.print(f"Lineage:             selectflow lineage DOC_ID   |   selectflow lineage --run {summary['run_id'][:8]}")
     console.print(f"MLflow run:          {summary['mlflow_run_id']} at {mlflow_uri}")
@@ -127,7 +134,7 @@ def _format_doc(result: dict) -> str:
     if quarantined := result.get("quarantined"):
         lines.append(f"  quarantined: {quarantined['source']} line {quarantined['line']}: {quarantined['reason']}")
     for decision in result["decisions"]:
-        lines.append(f"  {decision['stage']:<12} {decision['decision']:<8} {decision['reason']}")
+        lines.append(f"  {decision['stage']:<13} {decision['decision']:<8} {decision['reason']}")
     lines.append(f"  final: {result['final']}")
     return "\n".join(lines)
 
@@ -168,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override one config field, dotted, e.g. --set dedup.near.threshold=0.8")
         sub.add_argument("--dask-address", help="use this Dask scheduler (tcp://host:8786) instead of a LocalCluster")
 
-    run = commands.add_parser("run", help="run the curate flow (ingest -> dedup -> selection), print a summary")
+    run = commands.add_parser(
+        "run", help="run the curate flow (ingest, dedup, clusters, influence, selection, probes, risk check, report)"
+    )
     config_options(run)
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=cmd_run)

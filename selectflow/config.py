@@ -229,7 +229,13 @@ class QuadConfig(_Strict):
     alpha: float = Field(1e-4, ge=0.0, description="UCB exploration weight (paper: 1e-4).")
     pulls_per_round: int = Field(8, ge=1, description="Clusters pulled per round (paper: 50 of ~10,000).")
     samples_per_pull: int = Field(4, ge=1, description="Documents scored per pulled cluster (paper: 10).")
-    threshold: float = Field(0.002, description="Reward = mean influence of the scored documents - threshold.")
+    threshold: float | None = Field(
+        None,
+        description="Reward = mean influence of the scored documents - threshold. Unset: calibrated as the mean "
+        "influence of calibration_docs random pool documents, so a cluster is rewarded when it beats the pool "
+        "average (the paper's 0.002 fits its 8192-dim projections; influence scales differ between setups).",
+    )
+    calibration_docs: int = Field(32, ge=1, description="Random pool documents scored to calibrate an unset threshold.")
     block_size: int = Field(50, ge=1, description="Documents a rewarded cluster contributes per pull (paper: 20,000).")
     max_rounds: int = Field(200, ge=1, description="Rounds at most (paper: 200).")
     exp3_gamma: float = Field(0.1, gt=0.0, le=1.0, description="EXP3 exploration rate.")

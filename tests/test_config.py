@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from selectflow.cli import SAMPLE_CONFIG
@@ -6,8 +8,27 @@ from selectflow.config import ConfigError, CurateConfig, NearDedupConfig, load_c
 
 def test_sample_config_loads_and_resolves_paths():
     config = load_config(SAMPLE_CONFIG)
-    assert all(spec.path.startswith("/") for spec in config.ingest.inputs)
+    specs = [*config.ingest.inputs, *config.reference, *config.probe.unseen]
+    assert all(Path(spec.path).is_file() for spec in specs) and len(specs) == 8
     assert config.workspace.is_absolute()
+
+
+def test_model_paths_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("ingest: {inputs: [{path: data.jsonl}]}\ninfluence: {model_path: models/ref}\n"
+                                      "probe: {enabled: false, tokenizer_path: tok}\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert config.influence.model_path == str(tmp_path / "models/ref")
+    assert config.probe.tokenizer_path == str(tmp_path / "tok")
+
+
+def test_selectors_that_score_influence_need_a_reference_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nprobe: {enabled: false}\nselection: {selector: quad}\n")
+    with pytest.raises(ConfigError, match="reference: selector 'quad'.*add `reference"):
+        load_config(path)
+    path.write_text("ingest: {inputs: [{path: data.jsonl}]}\n")
+    with pytest.raises(ConfigError, match="probes report held-out loss on the reference"):
+        load_config(path)
 
 
 def test_overrides_are_typed(tmp_path):

@@ -1,5 +1,7 @@
 """End-to-end `curate` runs under a temporary Prefect server: outputs, lineage, MLflow, retries, caching."""
 
+from pathlib import Path
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -8,12 +10,10 @@ from selectflow.config import load_config
 from selectflow.lineage import doc_lineage, run_graph
 from selectflow.runs import load_run
 from selectflow.store import ArtifactStore
-from tests.conftest import write_config
+from tests.conftest import SAMPLE, write_config
 
 
 def read_outputs(summary, which: str = "outputs") -> list[dict]:
-    from pathlib import Path
-
     files = sorted(Path(summary[which]).glob("part-*.parquet"))
     rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     return sorted(rows, key=lambda r: r["doc_id"])
@@ -184,3 +184,66 @@ def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
     assert {row["domain"] for row in outputs} == {"prose", "code", "dictionary", "fortune", "license", "qa"}
     qa = next(row for row in outputs if row["domain"] == "qa")
     assert qa["text"].startswith("human: ") and "\n\ngpt: " in qa["text"] and '"conversations"' in qa["record"]
+
+
+def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, small_corpus, tiny_lm):
+    """selector 'both' with both baselines: clusters, influence, QUAD, probes, risk verdict, report, lineage."""
+    import json
+
+    import mlflow
+
+    from flows.curate import curate
+
+    path = write_config(
+        tmp_path / "c.yaml", [{"path": str(small_corpus / "part-0[0-5].jsonl")}], tmp_path / "ws",
+        reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
+        influence={"model_path": str(tiny_lm), "max_tokens": 64, "max_chunks": 1, "curvature_samples": 16},
+        selection={"selector": "both", "baselines": ["random", "topk"], "topk_candidates": 60,
+                   "zip": {"k1": 200, "k2": 40, "k3": 20, "budget": 60},
+                   # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
+                   "quad": {"budget": 60, "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10,
+                            "threshold": -1.0}},
+        probe={"tokens": 2048, "tokenizer_path": str(tiny_lm), "batch_size": 4, "eval_every": 2, "eval_tokens": 512,
+               "model": {"hidden": 32, "intermediate": 64, "seq_len": 64},
+               "unseen": [{"path": str(SAMPLE / "unseen.jsonl.zst")}]},
+    )
+    config = load_config(path)
+    summary = curate(config)
+    stages = {row["stage"]: row for row in summary["stages"]}
+    assert stages["select_zip"]["docs_out"] == stages["select_quad"]["docs_out"] == 60
+    assert stages["select_random"]["docs_out"] == stages["select_topk"]["docs_out"] == 60
+    assert set(summary["subsets"]) == {"select_zip", "select_quad", "select_random", "select_topk"}
+    assert summary["risk"]["verdict"] in {"ok", "at risk"}  # the random subset is there to compare with
+
+    store = ArtifactStore(config.workspace / "store")
+    run = load_run(store)
+    probes = {stage: run.refs(stage)[0].manifest()["stats"] for stage in run.stages if stage.startswith("probe_")}
+    assert set(probes) == {"probe_zip", "probe_quad", "probe_random", "probe_topk", "probe_full"}
+    assert len({stats["tokens"] for stats in probes.values()}) == 1  # equal token budgets
+    assert all(stats["reference_loss"] > 0 and stats["unseen_loss"] > 0 for stats in probes.values())
+
+    quad = run.refs("select_quad")[0]
+    detail = quad.read("quad_decisions").to_pylist()
+    chosen = next(row for row in detail if row["selected"])
+    lineage = doc_lineage(store, chosen["doc_id"])
+    assert "select_quad" in lineage["final"] and lineage["final"].startswith("in: selected by")
+    quad_decision = next(d for d in lineage["decisions"] if d["stage"] == "select_quad")
+    assert f"cluster {chosen['cluster']}" == quad_decision["group"]
+    assert f"round {chosen['round']}" in quad_decision["reason"]
+    rounds = json.loads((Path(quad.path) / "rounds.json").read_text())
+    assert rounds and all(len(r["pulled"]) == len(r["rewards"]) for r in rounds)
+
+    report = Path(summary["report"])
+    html = report.read_text()
+    assert report.is_file() and html.count("data:image/png;base64,") >= 6
+    for section in ("Stage funnel", "Cluster composition", "Bandit", "ZIP", "Probe", "risk"):
+        assert section.lower() in html.lower(), section
+
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.data.tags["risk.verdict"] == summary["risk"]["verdict"]
+    assert {"probe.zip.R_zlib", "probe.quad.first_epoch_loss", "risk.zip.at_risk"} <= set(parent.data.metrics)
+    assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    quad_run = next(c for c in children if c.data.tags["selectflow.stage"] == "select_quad")
+    assert len(client.get_metric_history(quad_run.info.run_id, "quad_reward_mean")) == len(rounds)

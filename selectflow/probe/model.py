@@ -7,15 +7,12 @@ from pathlib import Path
 
 import torch
 
+from selectflow import devices
 from selectflow.config import ProbeModelConfig
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("probe.device is 'cuda' but no CUDA device is available; set probe.device to 'auto'/'cpu'")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    return devices.resolve_device(device, "probe.device")
 
 
 def tiny_llama(cfg: ProbeModelConfig, vocab_size: int, seed: int) -> torch.nn.Module:

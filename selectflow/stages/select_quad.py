@@ -162,13 +162,20 @@ def select_quad_stage(
         neighbours = neighbours_from_arrays(table["cluster"].to_numpy(), table["neighbour"].to_numpy(),
                                             table["distance"].to_numpy())
         scorer = _load_scorer(influence_ref, influence_cfg)
-        result = quad_select(data.clusters, neighbours, lambda idx: scorer.score([texts[i] for i in idx]), cfg,
+        threshold, calibration = cfg.threshold, 0
+        if threshold is None:
+            rng = np.random.default_rng(cfg.seed)
+            calibration = min(cfg.calibration_docs, len(texts))
+            sample = rng.choice(len(texts), size=calibration, replace=False)
+            threshold = float(np.mean(scorer.score([texts[i] for i in sample])))
+        run_cfg = cfg.model_copy(update={"threshold": threshold})
+        result = quad_select(data.clusters, neighbours, lambda idx: scorer.score([texts[i] for i in idx]), run_cfg,
                              d_max, lengths, progress=progress)
         if not len(result.selected):
             raise QuadError(
                 f"QUAD selected nothing: it stopped ({result.stopped}) after {len(result.rounds)} rounds and "
                 f"{result.scored} scored documents (mean influence {np.nanmean(result.docs.influence):.2e}) without "
-                f"any pull's mean influence exceeding selection.quad.threshold={cfg.threshold}; lower the threshold, "
+                f"any pull's mean influence exceeding the threshold {threshold:.3g} (selection.quad.threshold); lower it, "
                 "or check that the reference set and influence.model_path fit this pool"
             )
         doc_ids = data.docs["doc_id"].to_pylist()
@@ -181,6 +188,7 @@ def select_quad_stage(
             _quad_reasons(result), score=influence, group=[f"cluster {c}" for c in result.docs.cluster.tolist()],
         )
         _write_selection(writer, data, result.selected, decisions, lengths, started, bandit=cfg.bandit,
+                         threshold=threshold, calibration_docs=calibration,
                          rounds=len(result.rounds), scored_docs=result.scored, stopped=result.stopped,
                          clusters=len(result.clusters), scoring_seconds=result.seconds["scoring"],
                          pulled_clusters=sum(1 for c in result.clusters if c["pulls"]),
