@@ -3,13 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-# The HTML report test drives a real headless Chromium; on a bare Debian CI machine (root, apt) install one.
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null \
-    && [ -z "${CHROME_BIN:-}" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    echo "installing chromium for the report test (apt-get)..." >&2
+
+# System packages some tests drive for real: a headless Chromium (the HTML report) and a PostgreSQL server (Prefect's
+# production database). On a bare Debian machine (root, apt) install what is missing.
+missing=()
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+    || [ -n "${CHROME_BIN:-}" ] || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]} for the tests (apt-get)..." >&2
     { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null \
-        || echo "warning: could not install chromium; the browser test of the report will fail" >&2
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null \
+        || echo "warning: could not install ${missing[*]}; the tests that need them will fail" >&2
 fi
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
 exec .venv/bin/python -m pytest "$@"

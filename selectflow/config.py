@@ -208,6 +208,9 @@ class InfluenceConfig(_Strict):
         1e-3, gt=0.0, description="Curvature damping, relative to the mean eigenvalue of each layer's curvature."
     )
     curvature_samples: int = Field(256, ge=1, description="Chunks the K-FAC factors and eigenvalue correction use.")
+    reference_samples: int | None = Field(
+        None, ge=1, description="Reference chunks averaged into the reference gradient (a seeded sample). Unset: all."
+    )
     normalize: bool = Field(True, description="L2-normalize gradients before the dot product (as QUAD does).")
     batch_size: int = Field(8, ge=1, description="Chunks per forward/backward pass.")
     device: Device = Field("auto", description="'auto': CUDA when available, else CPU.")

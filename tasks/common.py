@@ -53,6 +53,22 @@ def dask_client():
         yield client
 
 
+@contextlib.contextmanager
+def all_cores():
+    """torch on every core this process may use, for the few tasks that run a model alone (a Dask worker process
+    starts with one thread: OMP_NUM_THREADS=1); the previous setting is restored afterwards."""
+    import os
+
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def shard_task_options(retries: int, retry_delay_seconds: float) -> dict:
     """Retries with exponential backoff, for tasks that process one shard."""
     return {

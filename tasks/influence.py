@@ -6,11 +6,12 @@ from prefect import task
 from selectflow.config import InfluenceConfig
 from selectflow.stages.influence import influence_reference_stage
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import CACHED
+from tasks.common import CACHED, all_cores
 
 
 @task(name="influence-reference", **CACHED)
 def influence_reference(workspace: str, reference: list[ArtifactRef], cfg: InfluenceConfig) -> ArtifactRef:
     """EK-FAC curvature and the inverse-curvature reference gradient of the reference model on the target set."""
     docs = pa.concat_tables([ref.read("docs", columns=["text"]) for ref in reference])
-    return influence_reference_stage(ArtifactStore(workspace), docs, cfg)
+    with all_cores():  # nothing else runs while the reference is fitted
+        return influence_reference_stage(ArtifactStore(workspace), docs, cfg)

@@ -89,10 +89,13 @@ def server(args: list[str], env: dict[str, str], ready, what: str, cwd: str | No
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path):
+def prefect_server(home: Path, database_url: str | None = None):
+    """`prefect server start` on loopback: SQLite in `home`, or the PostgreSQL database at `database_url`."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = clean_env(PREFECT_HOME=str(home))
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     with server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
                 lambda: http_ok(f"{api}/health"), "prefect server"):
         yield api
@@ -126,3 +129,49 @@ def dask_cluster(env: dict[str, str], workers: int = 2):
     with server(scheduler, env, lambda: socket.create_connection(("127.0.0.1", port), timeout=1), "dask scheduler"):
         with server(worker, env, workers_up, "dask workers"):
             yield address
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server binaries (`apt-get install postgresql`), newest version first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]), reverse=True)
+    return found[0].parent if found else None
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A throwaway PostgreSQL cluster on loopback (trust auth, its own data folder), run as the `postgres` user
+    when we are root (PostgreSQL refuses to run as root); yields an asyncpg URL of its `postgres` database."""
+    import pwd
+    import shutil
+    import tempfile
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise FileNotFoundError("PostgreSQL is not installed: `apt-get install postgresql` (scripts/test.sh does)")
+    root = Path(tempfile.mkdtemp(prefix="selectflow-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    try:
+        subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(root / "data"), "--auth=trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        args = [*as_user, str(bin_dir / "postgres"), "-D", str(root / "data"), "-h", "127.0.0.1", "-p", str(port),
+                "-k", str(root), "-c", "fsync=off"]
+        with server(args, clean_env(), lambda: socket.create_connection(("127.0.0.1", port), timeout=1),
+                    "postgres"):
+            yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def postgres_query(database_url: str, sql: str):
+    """The single value `sql` returns from the database at `database_url` (via psql)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(database_url.replace("+asyncpg", ""))
+    out = subprocess.run([str(postgres_bin() / "psql"), "-h", url.hostname, "-p", str(url.port), "-U", url.username,
+                          "-d", url.path.lstrip("/"), "-tAc", sql], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())

@@ -186,7 +186,8 @@ def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
     assert qa["text"].startswith("human: ") and "\n\ngpt: " in qa["text"] and '"conversations"' in qa["record"]
 
 
-def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, small_corpus, tiny_lm):
+def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, small_corpus, tiny_lm,
+                                                           monkeypatch):
     """selector 'both' with both baselines: clusters, influence, QUAD, probes, risk verdict, report, lineage."""
     import json
 
@@ -247,3 +248,18 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     quad_run = next(c for c in children if c.data.tags["selectflow.stage"] == "select_quad")
     assert len(client.get_metric_history(quad_run.info.run_id, "quad_reward_mean")) == len(rounds)
+
+    # risk.fail_on_risk: a re-run (every stage cached) whose check says "at risk" fails after recording everything.
+    import flows.curate as curate_module
+    from selectflow.risk import AT_RISK, RiskVerdict, SubsetAssessment
+
+    def at_risk(probes, history, cfg):
+        verdict = RiskVerdict(AT_RISK, "reference", "higher R and lower L than the random subset", {})
+        return [SubsetAssessment("zip", (verdict,), verdict)]
+
+    monkeypatch.setattr(curate_module, "assess_risk", at_risk)
+    config.risk.fail_on_risk = True
+    with pytest.raises(curate_module.SubsetAtRisk, match="at risk.*higher R and lower L"):
+        curate(config)
+    rerun = load_run(store)
+    assert rerun.run_id != run.run_id and rerun.status == "completed" and rerun.summary["risk"]["verdict"] == AT_RISK

@@ -1,6 +1,7 @@
 """`curate` against real servers on loopback: a `prefect server` process and an existing Dask scheduler."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,15 +9,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_config
-from tests.servers import api_call, clean_env, prefect_server
+from tests.servers import api_call, clean_env, postgres_bin, postgres_query, postgres_server, prefect_server
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def prefect_api(tmp_path):
-    with prefect_server(tmp_path / "server-home") as api:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def prefect_api(request, tmp_path):
+    """A real `prefect server` on its default SQLite database, and on PostgreSQL (as in infra/)."""
+    if request.param == "sqlite":
+        with prefect_server(tmp_path / "server-home") as api:
+            yield api
+        return
+    if postgres_bin() is None and not os.environ.get("CI"):
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI installs it")
+    with postgres_server() as database_url, prefect_server(tmp_path / "server-home", database_url) as api:
         yield api
+        assert postgres_query(database_url, "select count(*) from flow_run") >= 5  # the runs went to PostgreSQL
 
 
 def test_curate_reports_to_a_real_prefect_server(prefect_api, tmp_path, small_corpus):
@@ -30,7 +39,7 @@ def test_curate_reports_to_a_real_prefect_server(prefect_api, tmp_path, small_co
     assert flow_run["state"]["type"] == "COMPLETED"
     subflows = api_call(prefect_api, "/flow_runs/filter",
                         {"flow_runs": {"parent_flow_run_id": {"any_": [summary["run_id"]]}}})
-    assert [run["state"]["type"] for run in subflows] == ["COMPLETED"] * 3  # ingest, dedup, select
+    assert [run["state"]["type"] for run in subflows] == ["COMPLETED"] * 4  # ingest, dedup, cluster, select
     task_runs = api_call(prefect_api, "/task_runs/filter",
                          {"flow_runs": {"id": {"any_": [run["id"] for run in subflows]}}})
     names = [run["name"] for run in task_runs]

@@ -43,7 +43,8 @@ from selectflow.influence.projection import KroneckerProjection
 
 STATE_FORMAT = 1
 # Fields that change what the fitted reference vector means; the others only change how documents are read/run.
-FIT_FIELDS = ("model_path", "layers", "projection_dim", "normalize", "damping", "curvature_samples", "seed")
+FIT_FIELDS = ("model_path", "layers", "projection_dim", "normalize", "damping", "curvature_samples",
+              "reference_samples", "seed")
 
 
 def chunk_token_ids(ids: list[int], max_tokens: int, max_chunks: int, min_chunk_tokens: int) -> list[list[int]]:
@@ -173,6 +174,8 @@ class InfluenceScorer:
         if not reference_chunks:
             raise InfluenceError(f"the reference set ({len(reference)} documents) has no text of >= 2 tokens; "
                                  "influence needs reference texts the model can compute a next-token loss on")
+        if self.cfg.reference_samples is not None and self.cfg.reference_samples < len(reference_chunks):
+            reference_chunks = random.Random(self.cfg.seed + 1).sample(reference_chunks, self.cfg.reference_samples)
         pool = reference_chunks if curvature is None else [c for ids in curvature for c in self.chunks(ids)]
         sample = random.Random(self.cfg.seed).sample(pool, min(self.cfg.curvature_samples, len(pool)))
 

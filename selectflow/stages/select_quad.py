@@ -60,10 +60,7 @@ def _load_scorer(influence_ref: ArtifactRef, cfg: InfluenceConfig):
 def _code(*, with_influence: bool) -> str:
     modules = [quad_lib, baselines_lib, zip_lib, importlib.import_module(__name__)]
     if with_influence:
-        try:
-            modules.append(importlib.import_module("selectflow.stages.influence"))
-        except ImportError:
-            pass  # not importable here: scoring will fail with the real error when the stage runs
+        modules.append(importlib.import_module("selectflow.stages.influence"))
     return code_version(*modules)
 
 
