@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite (fast tests by default; pass -m "" to include slow ones, or any pytest arguments).
+# Run the test suite: the fast tests, with any pytest arguments; -m slow runs the slow ones, -m "" everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -16,5 +16,6 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null \
         || echo "warning: could not install ${missing[*]}; the tests that need them will fail" >&2
 fi
-if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+# Slow tests only when asked for with -m (e.g. -m slow, or -m "" for everything).
+case " $* " in *" -m "*) ;; *) set -- -m "not slow" "$@" ;; esac
 exec .venv/bin/python -m pytest "$@"
