@@ -24,7 +24,6 @@ from selectflow.report import Risk, write_report
 from selectflow.report.assemble import assemble_report, risk_section
 from selectflow.risk import (
     SubsetAssessment,
-    combine,
     history_from_mlflow,
     probe_metrics,
     verdict_markdown,
@@ -147,27 +146,26 @@ def judge_risk(config: CurateConfig, tracker: Tracker, probes: dict[str, Artifac
                                   exclude_run_id=exclude_run_id, ratio=config.risk.ratio,
                                   limit=config.risk.history_limit)
     assessed = assess_risk(probes, history, config.risk)
-    log_risk(tracker, assessed)
+    risk = risk_section(assessed, {name: ref.manifest()["stats"] for name, ref in probes.items()}, history,
+                        config.risk)
+    log_risk(tracker, assessed, risk.overall)
     for item in assessed:
         create_markdown_artifact(verdict_markdown(item.subset, item.verdict), key=f"risk-{item.subset}",
                                  description=f"Entropy-law risk check of the {item.subset} subset")
-    stats = {name: ref.manifest()["stats"] for name, ref in probes.items()}
-    return risk_section(assessed, stats, history, config.risk)
+    return risk
 
 
 class SubsetAtRisk(RuntimeError):
     """The entropy-law risk check flagged a selected subset and the config says to fail the run."""
 
 
-def log_risk(tracker: Tracker, assessed: list[SubsetAssessment]) -> None:
+def log_risk(tracker: Tracker, assessed: list[SubsetAssessment], overall: str) -> None:
     """Each selected subset's verdict as a metric and a tag of the parent run, the overall one as a tag too."""
-    metrics, tags = {}, {}
+    metrics, tags = {}, {"risk.verdict": overall}
     for item in assessed:
         subset_metrics, subset_tags = verdict_metrics(item.subset, item.verdict)
         metrics |= subset_metrics
         tags |= subset_tags
-    if assessed:
-        tags["risk.verdict"] = combine(*[item.verdict for item in assessed]).verdict
     tracker.log_summary(metrics, tags=tags)
 
 

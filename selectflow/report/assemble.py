@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from selectflow.config import RiskConfig
 from selectflow.lineage import SUBSET_OF_STAGE
 from selectflow.report.data import (
     Bandit,
@@ -27,7 +28,7 @@ from selectflow.report.data import (
     SubsetRisk,
     Zip,
 )
-from selectflow.risk import combine, fit_history
+from selectflow.risk import RiskPoint, SubsetAssessment, combine, fit_history
 from selectflow.runs import RunRecord
 from selectflow.store import package_code_version
 
@@ -139,11 +140,11 @@ def _probe(ref, steps_to_level: int | None) -> ProbeResult:
     )
 
 
-def risk_section(assessed: list, probes: dict[str, dict], history: list, cfg) -> Risk:
-    """The report's risk section from the checks of each selected subset (`flows.evaluate.assess_risk`).
-
-    `probes`: probe stats by subset; `history`: the RiskPoints the history check used; `cfg`: the RiskConfig.
-    """
+def risk_section(
+    assessed: list[SubsetAssessment], probes: dict[str, dict], history: list[RiskPoint], cfg: RiskConfig
+) -> Risk:
+    """The report's risk section from the checks of each selected subset; `probes`: probe stats by subset,
+    `history`: the points the history check used."""
     overall = combine(*[item.verdict for item in assessed]) if assessed else None
     fit = fit_history(history)
     primary = next((item for item in assessed if "history.predicted_loss" in item.verdict.numbers), None)
