@@ -88,18 +88,18 @@ def _quad_reasons(result: QuadResult) -> list[str]:
         c = int(docs.cluster[i])
         info = per_cluster[c]
         if docs.scored[i]:
-            scored = f"; influence {docs.influence[i]:.4f} (scored in round {docs.scored_round[i]})"
+            scored = f"; influence {docs.influence[i]:.3g} (scored in round {docs.scored_round[i]})"
         else:
             scored = "; not scored"
         if docs.selected[i]:
             reasons.append(f"selected: cluster {c} pulled in round {docs.admitted_round[i]} (reward "
-                           f"{docs.admit_reward[i]:+.4f}), admitted in its block {docs.admitted_block[i] + 1}"
+                           f"{docs.admit_reward[i]:+.3g}), admitted in its block {docs.admitted_block[i] + 1}"
                            + scored)
         elif info["pulls"] == 0:
             reasons.append(f"not selected: cluster {c} never pulled" + scored)
         elif info["rewarded"] == 0:
             reasons.append(f"not selected: cluster {c} never rewarded (pulled {info['pulls']}×, mean reward "
-                           f"{info['mean_reward']:+.4f})" + scored)
+                           f"{info['mean_reward']:+.3g})" + scored)
         else:
             reasons.append(f"not selected: cluster {c} rewarded in {info['rewarded']} of {info['pulls']} pulls, but "
                            f"its {info['blocks_admitted']} admitted block(s) ({info['admitted_docs']} of "
@@ -264,9 +264,9 @@ def select_topk_stage(
             if rank[i] < 0:
                 reasons.append(f"not selected: not among the {len(chosen)} scored candidates (seed {seed})")
             elif rank[i] < cut:
-                reasons.append(f"selected: influence {scores[i]:.4f}, rank {rank[i] + 1} of {len(chosen)} scored")
+                reasons.append(f"selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of {len(chosen)} scored")
             else:
-                reasons.append(f"not selected: influence {scores[i]:.4f}, rank {rank[i] + 1} of {len(chosen)} "
+                reasons.append(f"not selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of {len(chosen)} "
                                f"scored, below the budget cut at rank {cut}")
         decisions = decisions_table(
             data.docs["doc_id"].to_pylist(), TOPK, ["selected" if 0 <= r < cut else "rejected" for r in rank.tolist()],
