@@ -92,6 +92,9 @@ def test_minilm_stage_writes_fixed_size_embeddings(tmp_path):
     assert table["doc_id"].to_pylist() == pool.read("docs")["doc_id"].to_pylist()
     stats = ref.manifest()["stats"]
     assert stats["docs"] == 12 and stats["dim"] == 384 and stats["device"] == "cpu" and stats["docs_per_s"] > 0
+    # The same documents in another artifact (e.g. a re-deduplicated shard of a grown corpus) reuse the embeddings.
+    same_docs = _pool(store, _rows("fortunes", 12), "fortunes again")
+    assert same_docs.key != pool.key and embed_stage(store, same_docs, cfg, None).key == ref.key
 
 
 def test_tfidf_basis_is_shared_and_shard_split_does_not_change_embeddings(tmp_path, two_domains):

@@ -85,7 +85,9 @@ def embed_stage(
     """One pool shard's "docs" -> table "embeddings" (doc_id, embedding fixed_size_list<float32>[dim])."""
     if cfg.method == "tfidf" and basis is None:
         raise EmbeddingError("embedding.method 'tfidf' needs the shared basis: pass embedding_basis_stage(...)'s ref")
-    inputs = [shard_ref.key] + ([basis.key] if cfg.method == "tfidf" else [])
+    # Keyed on the shard's content, not its artifact key: when a grown corpus changes the dedup decisions but leaves
+    # a shard's documents as they were, its embeddings are reused.
+    inputs = [shard.sha256 for shard in shard_ref.shards("docs")] + ([basis.key] if cfg.method == "tfidf" else [])
 
     def write(writer: ArtifactWriter) -> None:
         docs = shard_ref.read("docs", columns=["doc_id", "text"])
