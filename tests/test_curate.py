@@ -249,6 +249,26 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     quad_run = next(c for c in children if c.data.tags["selectflow.stage"] == "select_quad")
     assert len(client.get_metric_history(quad_run.info.run_id, "quad_reward_mean")) == len(rounds)
 
+    # With enough history in this deployment's experiment, the history check fits held-out loss on (R, L).
+    import numpy as np
+
+    experiment = client.create_experiment("history", artifact_location=(tmp_path / "mlruns-history").as_uri())
+    rng = np.random.default_rng(0)
+    for _ in range(config.risk.min_history):
+        ratio, loss = rng.uniform(2.0, 3.5), rng.uniform(8.5, 10.0)
+        earlier = client.create_run(experiment, tags={"selectflow.deployment": "local"})
+        for key, value in {"R_zlib": ratio, "first_epoch_loss": loss,
+                           "heldout_loss": 4.0 + ratio + 0.3 * loss + rng.normal(0, 0.05)}.items():
+            client.log_metric(earlier.info.run_id, f"probe.random.{key}", value)
+        client.set_terminated(earlier.info.run_id)
+    config.tracking.experiment = "history"
+    with_history = curate(config)
+    assert f"Over {config.risk.min_history} earlier probe results, held-out loss =" in with_history["risk"]["reason"]
+    latest = client.get_run(with_history["mlflow_run_id"])
+    assert {"risk.zip.predicted_loss", "risk.zip.interval_low", "risk.zip.interval_high"} <= set(latest.data.metrics)
+    page = Path(with_history["report"]).read_text()
+    assert "predicted held-out loss" in page and "90% interval" in page and "No fit yet" not in page
+
     # risk.fail_on_risk: a re-run (every stage cached) whose check says "at risk" fails after recording everything.
     import flows.curate as curate_module
     from selectflow.risk import AT_RISK, RiskVerdict, SubsetAssessment
