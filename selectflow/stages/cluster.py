@@ -1,7 +1,8 @@
 """Clustering stages: TF-IDF basis (global), embeddings (per shard), k-means + semantic dedup (global).
 
-The lead runs `embed_stage` once per deduplicated pool shard (on Dask workers) and `cluster_stage` once on all of
-their outputs. Downstream selection should see only `kept_doc_ids(cluster_ref)` when semantic dedup is enabled.
+`flows/cluster.py` runs `embed_stage` once per deduplicated pool shard (on Dask workers) and `cluster_stage` once on
+all of their outputs. Selection reads the pool through `stages.pool.read_pool`, which leaves out what semantic dedup
+dropped (the "kept" column of "assignments").
 """
 
 from __future__ import annotations
