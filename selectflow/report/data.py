@@ -1,6 +1,6 @@
 """The report's input model: what one run shows, as plain JSON-able pydantic models.
 
-Every section is optional; the lead fills what a run produced (a run with selector 'zip' has no bandit, a
+Every section is optional; `report.assemble` fills what a run produced (a run with selector 'zip' has no bandit, a
 first run has no history). `RunReport.model_validate_json(...)` / `.model_dump_json()` round-trip it, so the
 model can be written next to the run's artifacts and re-rendered later.
 
