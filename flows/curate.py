@@ -105,9 +105,10 @@ def curate(config: CurateConfig) -> dict:
                 for name, ref in probes.items():
                     record(f"probe_{name}", [ref])
                     track_probe(tracker, name, ref, config.probe)
-                speeds = log_probe_results(tracker, probes, config.probe)
+                probe_stats = {name: ref.manifest()["stats"] for name, ref in probes.items()}
+                speeds = log_probe_results(tracker, probes, probe_stats, config.probe)
                 if config.risk.enabled:
-                    risk = judge_risk(config, tracker, probes, exclude_run_id=run.mlflow_run_id,
+                    risk = judge_risk(config, tracker, probe_stats, exclude_run_id=run.mlflow_run_id,
                                       deployment=tags["selectflow.deployment"])
 
         published = {stage: summary.publish(run, stage, store) for stage in ("deduped", *subsets)}
@@ -127,27 +128,28 @@ def curate(config: CurateConfig) -> dict:
     return run.summary
 
 
-def log_probe_results(tracker: Tracker, probes: dict[str, ArtifactRef], cfg: ProbeConfig) -> dict[str, int | None]:
+def log_probe_results(
+    tracker: Tracker, probes: dict[str, ArtifactRef], stats: dict[str, dict], cfg: ProbeConfig
+) -> dict[str, int | None]:
     """Each probe's R, L and held-out losses on the parent run (the history later risk checks fit on), and the
     learning speed of each subset: steps to one shared held-out loss level."""
     curves = {name: ref.read("curve", columns=["step", "reference_loss"]).to_pydict() for name, ref in probes.items()}
     level, steps = learning_speed({name: (c["step"], c["reference_loss"]) for name, c in curves.items()},
                                   cfg.speed_fraction, cfg.speed_level)
-    metrics = {k: v for name, ref in probes.items() for k, v in probe_metrics(name, ref.manifest()["stats"]).items()}
+    metrics = {k: v for name, values in stats.items() for k, v in probe_metrics(name, values).items()}
     metrics |= {f"probe.{name}.steps_to_level": float(step) for name, step in steps.items() if step is not None}
     tracker.log_summary(metrics | {"probe.speed_level": level})
     return steps
 
 
-def judge_risk(config: CurateConfig, tracker: Tracker, probes: dict[str, ArtifactRef], exclude_run_id: str,
+def judge_risk(config: CurateConfig, tracker: Tracker, stats: dict[str, dict], exclude_run_id: str,
                deployment: str) -> Risk:
     """The entropy-law risk check of each selected subset against the random subset and this deployment's history."""
     history = history_from_mlflow(tracker.uri, config.tracking.experiment, deployment=deployment,
                                   exclude_run_id=exclude_run_id, ratio=config.risk.ratio,
                                   limit=config.risk.history_limit)
-    assessed = assess_risk(probes, history, config.risk)
-    risk = risk_section(assessed, {name: ref.manifest()["stats"] for name, ref in probes.items()}, history,
-                        config.risk)
+    assessed = assess_risk(stats, history, config.risk)
+    risk = risk_section(assessed, stats, history, config.risk)
     log_risk(tracker, assessed, risk.overall)
     for item in assessed:
         create_markdown_artifact(verdict_markdown(item.subset, item.verdict), key=f"risk-{item.subset}",

@@ -35,11 +35,9 @@ def probe_subsets(
     return dict(zip(names, run_tasks(calls, "probe")))
 
 
-def assess_risk(
-    probes: dict[str, ArtifactRef], history: list[RiskPoint], cfg: RiskConfig
-) -> list[SubsetAssessment]:
-    """The entropy-law checks of each selected subset (zip, quad) against the random one and the history."""
-    stats = {name: ref.manifest()["stats"] for name, ref in probes.items()}
+def assess_risk(stats: dict[str, dict], history: list[RiskPoint], cfg: RiskConfig) -> list[SubsetAssessment]:
+    """The entropy-law checks of each selected subset (zip, quad), from the probes' stats by subset, against the
+    random subset and the history."""
     random = point_from_stats(stats["random"], cfg.ratio, "random") if "random" in stats else None
     return [check_subset(name, point_from_stats(stats[name], cfg.ratio, name), random, history, cfg)
             for name in ("zip", "quad") if name in stats]

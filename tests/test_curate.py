@@ -273,7 +273,7 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     import flows.curate as curate_module
     from selectflow.risk import AT_RISK, RiskVerdict, SubsetAssessment
 
-    def at_risk(probes, history, cfg):
+    def at_risk(stats, history, cfg):
         verdict = RiskVerdict(AT_RISK, "reference", "higher R and lower L than the random subset", {})
         return [SubsetAssessment("zip", (verdict,), verdict)]
 
