@@ -201,8 +201,11 @@ class InfluenceConfig(_Strict):
     max_tokens: int = Field(256, ge=8, description="Chunk length in tokens; a document's score averages its chunks.")
     max_chunks: int = Field(4, ge=1, description="Chunks per document at most (the first ones).")
     min_chunk_tokens: int = Field(16, ge=1, description="Chunks shorter than this are dropped (except a doc's only one).")
-    projection_dim: int = Field(
-        32, ge=1, description="Per-layer Kronecker random projection: inputs and output-gradients each to this size."
+    projection_dim: int | None = Field(
+        None, ge=1, description="Unset: exact scores, each chunk's layer gradients formed in the batch and dotted with "
+        "the full-space reference (4 bytes per scored weight: 106 MB for SmolLM2's attention layers). A number k: "
+        "Kronecker random projection of layer inputs and output-gradients to k each, for models too large for that; "
+        "it adds noise (SmolLM2, 128-token chunks: Spearman vs exact about 0.1 at k=32, 0.7 at k=256).",
     )
     damping: float = Field(
         1e-3, gt=0.0, description="Curvature damping, relative to the mean eigenvalue of each layer's curvature."

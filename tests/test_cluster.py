@@ -62,7 +62,7 @@ def test_minilm_embeddings_are_unit_norm_and_similar_texts_are_closer():
     edited = prose[0].replace("the", "a", 3) + " This paragraph was lightly edited."
     fortune = _rows("fortunes", 1)[0]["text"]
     texts = [prose[0], edited, fortune, prose[1]]
-    cfg = EmbeddingConfig(max_tokens=128, batch_size=2)
+    cfg = EmbeddingConfig(max_tokens=128, batch_size=2, device="cpu")
     vectors = minilm_embed(texts, cfg, threads=1)
     assert vectors.shape == (4, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -245,3 +245,12 @@ def test_torch_threads_follow_the_dask_worker():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         with Client(cluster) as client:
             assert client.submit(worker_threads).result() == 1
+
+
+@pytest.mark.gpu
+def test_cuda_float16_embeddings_match_cpu():
+    texts = [r["text"] for r in _rows("prose", 20) + _rows("code", 20)]
+    cpu = minilm_embed(texts, EmbeddingConfig(max_tokens=128, device="cpu"), threads=1)
+    cuda = minilm_embed(texts, EmbeddingConfig(max_tokens=128, device="cuda"))
+    assert (cpu * cuda).sum(1).min() > 0.999
+

@@ -43,6 +43,7 @@ def selected_ids(workspace: Path) -> list[str]:
     return [doc for f in files for doc in pq.read_table(f)["doc_id"].to_pylist()]
 
 
+@pytest.mark.slow  # ~4.5 min on 2 cores: five servers and three flow runs
 def test_deployment_runs_on_a_worker_with_real_servers(tmp_path, small_corpus):
     inputs = [{"path": str(small_corpus / "part-0[0-5].jsonl")}]
     with prefect_server(tmp_path / "prefect-home") as api, mlflow_server(tmp_path / "mlflow") as mlflow_url:

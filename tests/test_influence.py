@@ -3,6 +3,7 @@ chunking, persistence, the artifact stage and the errors users hit."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -67,8 +68,8 @@ def world():
 
 
 def exact_cfg(**overrides) -> InfluenceConfig:
-    """projection_dim above every layer width: no projection, so scores are exact EK-FAC influence."""
-    values = dict(max_tokens=T, projection_dim=64, normalize=False, damping=0.1, curvature_samples=10_000,
+    """No projection: scores are exact EK-FAC influence."""
+    values = dict(max_tokens=T, projection_dim=None, normalize=False, damping=0.1, curvature_samples=10_000,
                   batch_size=64, device="cpu", dtype="float32")
     return InfluenceConfig(**(values | overrides))
 
@@ -125,6 +126,35 @@ def test_spearman_against_exact_damped_gauss_newton_inverse(world, damping):
     assert spearmanr(ours, exact)[0] > spearmanr(plain, exact)[0] + 0.1
 
 
+def test_full_space_reference_vectors_project_to_the_fitted_ones(world):
+    """reference_vectors(projected=False) is the layer-space iHVP that fit projects: P_g (H⁻¹G) P_aᵀ per layer."""
+    cfg = exact_cfg(projection_dim=8, normalize=False, curvature_samples=64)
+    scorer = InfluenceScorer(cfg, model=world["model"]).fit_token_ids(world["reference"][:32])
+    chunks = scorer.reference_chunks(world["reference"][:32])
+    full, projected = scorer.reference_vectors(chunks, projected=False), scorer.reference_vectors(chunks)
+    assert full.shape[1] == sum(layer.weight.numel() for layer in scorer.layers.values())
+    blocks, offset = [], 0
+    for name, layer in scorer.layers.items():
+        span = full[:, offset : offset + layer.weight.numel()].reshape(-1, *layer.weight.shape)
+        blocks.append(scorer.projections[name].project_matrix(span).flatten(1))
+        offset += layer.weight.numel()
+    torch.testing.assert_close(torch.cat(blocks, dim=1), projected, rtol=1e-3, atol=1e-4 * projected.abs().max())
+    torch.testing.assert_close(projected.mean(0), scorer.reference)
+    with pytest.raises(InfluenceError, match="no curvature"):
+        InfluenceScorer(cfg, model=world["model"]).reference_vectors(chunks)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_exact_mode_equals_projection_wider_than_every_layer(world, normalize):
+    """Exact mode averages the reference in the eigenbasis; a projection_dim above every width (identity
+    projections) goes through the per-chunk reference vectors instead: both must give the same scores."""
+    docs = world["docs_a"][:10] + world["docs_b"][:10]
+    scores = [InfluenceScorer(exact_cfg(projection_dim=dim, normalize=normalize, curvature_samples=64),
+                              model=world["model"]).fit_token_ids(world["reference"][:64]).score_token_ids(docs)
+              for dim in (None, 64)]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-4, atol=1e-6 * np.abs(scores[1]).max())
+
+
 def test_reference_like_documents_score_higher(world):
     cfg = exact_cfg(projection_dim=8, normalize=True, damping=1e-3, curvature_samples=128)  # real projection
     scorer = InfluenceScorer(cfg, model=world["model"]).fit_token_ids(world["reference"])
@@ -171,6 +201,22 @@ def test_bfloat16_autocast_agrees_with_float32(world):
     half = InfluenceScorer(half_cfg, model=world["model"]).fit_token_ids(world["reference"][:128]).score_token_ids(docs)
     assert spearmanr(full, half)[0] >= 0.9
     assert np.abs(full - half).max() < 0.1
+
+
+@pytest.mark.gpu
+def test_cuda_scores_match_cpu(world):
+    cfg = exact_cfg(projection_dim=8, normalize=True, curvature_samples=128)
+    docs = world["docs_a"][:15] + world["docs_b"][:15]
+
+    def scores(**overrides):
+        scorer = InfluenceScorer(cfg.model_copy(update=overrides), model=copy.deepcopy(world["model"]))
+        return scorer.fit_token_ids(world["reference"][:128]).score_token_ids(docs)
+
+    cpu = scores()
+    np.testing.assert_allclose(scores(device="cuda"), cpu, rtol=1e-3, atol=1e-4 * np.abs(cpu).max())
+    half = scores(device="cuda", dtype="auto")  # auto = bfloat16 autocast on CUDA
+    assert spearmanr(cpu, half)[0] >= 0.9
+    assert np.abs(cpu - half).max() < 0.1
 
 
 def test_errors_say_what_to_change(world, tmp_path):

@@ -12,7 +12,8 @@ from selectflow.stages.probe import full_pool_stage, probe_stage
 from selectflow.store import ArtifactStore
 
 TINY = dict(model=ProbeModelConfig(hidden=32, layers=1, heads=2, intermediate=64, seq_len=32), batch_size=4,
-            tokens=2048, eval_every=4, eval_tokens=512, learning_rate=1e-2, cpu_threads=1)
+            tokens=2048, eval_every=4, eval_tokens=512, learning_rate=1e-2, cpu_threads=1,
+            device="cpu")
 
 
 def _texts(name: str, limit: int) -> list[str]:
@@ -175,3 +176,16 @@ def test_continue_from_local_checkpoint(tokenizer, tmp_path):
     expected = train_probe(train, held, tokenizer, cfg.model_copy(update={"seed": 7}))
     assert resumed.curve[0]["reference_loss"] == pytest.approx(expected.curve[0]["reference_loss"], rel=1e-6)
     assert resumed.curve[0]["reference_loss"] != fresh7.curve[0]["reference_loss"]
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_probe_learns_like_cpu(tokenizer):
+    train = pack_train(_texts("prose.jsonl.zst", 40), tokenizer, 2048, 32, 4, seed=0)
+    held = {"reference": pack_eval(_texts("reference.jsonl.zst", 20), tokenizer, 256, 32, "reference")}
+    cpu = train_probe(train, held, tokenizer, ProbeConfig(**TINY))
+    cuda = train_probe(train, held, tokenizer, ProbeConfig(**TINY | {"device": "cuda"}))
+    assert len(cuda.curve) == len(cpu.curve)
+    for key in ("first_epoch_loss", "prequential_bpb"):
+        assert cuda.metrics[key] == pytest.approx(cpu.metrics[key], rel=0.05), key
+    assert cuda.curve[0]["train_loss"] == pytest.approx(cpu.curve[0]["train_loss"], rel=0.01)  # same init
+

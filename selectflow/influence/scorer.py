@@ -1,15 +1,20 @@
-"""Influence of training documents on a reference set's loss, with EK-FAC curvature and projected gradients.
+"""Influence of training documents on a reference set's loss, with EK-FAC curvature.
 
-Score of a document chunk z (per-chunk mean next-token loss L, chosen linear layers l, projections P_l):
+Score of a document chunk z (per-chunk mean next-token loss L, chosen linear layers l):
 
-    x(z)   = concat_l  P_g,l G_l(z) P_a,lᵀ                         projected per-chunk gradient, G_l = Σ_t g_t a_tᵀ
-    r_i    = concat_l  P_g,l [H_l⁻¹ G_l(ref_i)] P_a,lᵀ              projected iHVP of reference chunk i (full space)
+    G_l(z) = Σ_t g_t a_tᵀ                                            the chunk's gradient of layer l (d_out × d_in)
+    r_i    = concat_l H_l⁻¹ G_l(ref_i)                                iHVP of reference chunk i
     r̄      = mean_i r_i / ‖r_i‖         (normalize=True, as QUAD)   or   mean_i r_i   (normalize=False)
-    s(z)   = ⟨r̄, x(z) / ‖x(z)‖⟩          (normalize=True)            or   ⟨r̄, x(z)⟩    (normalize=False)
+    s(z)   = ⟨r̄, G(z)⟩ / ‖G(z)‖          (normalize=True)            or   ⟨r̄, G(z)⟩
 
-H_l⁻¹ is the damped EK-FAC inverse of layer l (see `ekfac`), applied in the full layer space to the reference
-gradients before projecting, so reference and candidate vectors live in the same projected space; without
-normalization s(z) is an unbiased estimate of ḡ_refᵀ H⁻¹ g(z) (exact when projection_dim ≥ the layer widths).
+H_l⁻¹ is the damped EK-FAC inverse of layer l (see `ekfac`). Exact mode (projection_dim unset) forms each chunk's
+G_l in the batch, one layer at a time, and takes the dot product with the full-space r̄ (held once, 4 bytes per
+scored weight); r̄ is averaged in each layer's eigenbasis and rotated back once, which is exact because a rotation
+keeps norms. With projection_dim = k, both sides are replaced by P_g,l (·) P_a,lᵀ, Kronecker random projections
+computed from the projected hook tensors, so neither G_l nor r̄ is ever held in full; without normalization the
+projected score is an unbiased estimate of the exact one, but its noise can swamp the small differences between
+documents of a real model (bench/RESULTS.md).
+
 A document's score is the mean over its chunks; a document with fewer than 2 tokens has no next-token loss and
 scores 0.0. Positive = a gradient step on the document lowers the reference loss (to first order).
 
@@ -72,6 +77,40 @@ class _ProjectedGradients:
         self.blocks[name] = torch.bmm(projected_g.transpose(1, 2), context)
 
 
+class _ChunkScores:
+    """Scoring consumer: ⟨r̄_l, x_l(z)⟩ and ‖x_l(z)‖² summed over layers per chunk; x_l = G_l or P_g G_l P_aᵀ."""
+
+    def __init__(self, projections: dict[str, KroneckerProjection], reference: dict[str, torch.Tensor]):
+        self.projections = projections
+        self.reference = reference
+        self.dots: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def on_input(self, name: str, a: torch.Tensor, mask: torch.Tensor) -> Any:
+        return self.projections[name].project_inputs(a)
+
+    def on_grad(self, name: str, context: Any, g: torch.Tensor, mask: torch.Tensor) -> None:
+        block = torch.bmm(self.projections[name].project_grads(g).transpose(1, 2), context)
+        dots, squares = (block * self.reference[name]).sum((1, 2)), block.square().sum((1, 2))
+        self.dots = dots if self.dots is None else self.dots + dots
+        self.squares = squares if self.squares is None else self.squares + squares
+
+
+class _RotatedReference:
+    """Exact-mode pass 3 consumer: (Q_Sᵀ G Q_A) ⊘ (Λ + λ) per layer and reference chunk, in the eigenbasis."""
+
+    def __init__(self, curvature: dict[str, LayerCurvature]):
+        self.curvature = curvature
+        self.blocks: dict[str, torch.Tensor] = {}
+
+    def on_input(self, name: str, a: torch.Tensor, mask: torch.Tensor) -> Any:
+        return a
+
+    def on_grad(self, name: str, context: Any, g: torch.Tensor, mask: torch.Tensor) -> None:
+        layer = self.curvature[name]
+        self.blocks[name] = layer.inverse_rotated(rotated_gradients(context, g, layer.q_a, layer.q_s))
+
+
 class _ReferenceVectors:
     """Pass 3 consumer: P_g Q_S [(Q_Sᵀ G Q_A) ⊘ (Λ + λ)] Q_Aᵀ P_aᵀ per layer and reference chunk."""
 
@@ -119,6 +158,7 @@ class InfluenceScorer:
         self.projections = {
             name: KroneckerProjection.seeded(layer.in_features, layer.out_features, cfg.projection_dim,
                                              cfg.seed * 100_003 + index).to(self.device)
+            if cfg.projection_dim else KroneckerProjection(None, None)
             for index, (name, layer) in enumerate(self.layers.items())
         }
         self.reference: torch.Tensor | None = None
@@ -170,12 +210,7 @@ class InfluenceScorer:
 
     def fit_token_ids(self, reference: list[list[int]], curvature: list[list[int]] | None = None) -> InfluenceScorer:
         started = time.perf_counter()
-        reference_chunks = [chunk for ids in reference for chunk in self.chunks(ids)]
-        if not reference_chunks:
-            raise InfluenceError(f"the reference set ({len(reference)} documents) has no text of >= 2 tokens; "
-                                 "influence needs reference texts the model can compute a next-token loss on")
-        if self.cfg.reference_samples is not None and self.cfg.reference_samples < len(reference_chunks):
-            reference_chunks = random.Random(self.cfg.seed + 1).sample(reference_chunks, self.cfg.reference_samples)
+        reference_chunks = self.reference_chunks(reference)
         pool = reference_chunks if curvature is None else [c for ids in curvature for c in self.chunks(ids)]
         sample = random.Random(self.cfg.seed).sample(pool, min(self.cfg.curvature_samples, len(pool)))
 
@@ -184,14 +219,10 @@ class InfluenceScorer:
         factors_s = time.perf_counter() - started
         eigenvalues = EigenvalueAccumulator(factors.eigenbases())
         self._run(sample, eigenvalues)
-        curvature_layers = eigenvalues.curvature(self.cfg.damping)
+        self.curvature = eigenvalues.curvature(self.cfg.damping)
         eigen_s = time.perf_counter() - started - factors_s
 
-        vectors = self._vectors(reference_chunks, _ReferenceVectors(curvature_layers, self.projections))
-        if self.cfg.normalize:
-            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30)
-        self.reference = vectors.mean(0)
-        self.curvature = curvature_layers
+        self.reference = self._reference_mean(reference_chunks)
         self.stats = {
             "reference_docs": len(reference),
             "reference_chunks": len(reference_chunks),
@@ -208,6 +239,47 @@ class InfluenceScorer:
         }
         return self
 
+    def reference_chunks(self, reference: list[list[int]]) -> list[list[int]]:
+        """The reference chunks `fit` averages: all chunks, or a seeded sample of `reference_samples`."""
+        chunks = [chunk for ids in reference for chunk in self.chunks(ids)]
+        if not chunks:
+            raise InfluenceError(f"the reference set ({len(reference)} documents) has no text of >= 2 tokens; "
+                                 "influence needs reference texts the model can compute a next-token loss on")
+        if self.cfg.reference_samples is not None and self.cfg.reference_samples < len(chunks):
+            chunks = random.Random(self.cfg.seed + 1).sample(chunks, self.cfg.reference_samples)
+        return chunks
+
+    def _reference_mean(self, chunks: list[list[int]]) -> torch.Tensor:
+        """r̄, flattened layer by layer like the scored blocks."""
+        if self.cfg.projection_dim is not None:
+            vectors = self.reference_vectors(chunks)
+            if self.cfg.normalize:
+                vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30)
+            return vectors.mean(0)
+        consumer, sums = _RotatedReference(self.curvature), {}
+        for _, batch in self._batches(chunks):
+            forward_backward(self.model, self.layers, batch, consumer, self.dtype)
+            weights = torch.ones(batch.mask.shape[0], device=self.device)
+            if self.cfg.normalize:  # ‖r_i‖ = ‖rotated r_i‖
+                norms = sum(block.square().sum((1, 2)) for block in consumer.blocks.values()).sqrt()
+                weights = 1.0 / norms.clamp(min=1e-30)
+            for name, block in consumer.blocks.items():
+                summed = torch.einsum("n,nij->ij", weights, block)
+                sums[name] = summed + sums[name] if name in sums else summed
+        mean = []
+        for name in self.layers:  # back from each eigenbasis, once
+            layer = self.curvature[name]
+            mean.append((layer.q_s @ (sums[name] / len(chunks)) @ layer.q_a.T).flatten())
+        return torch.cat(mean)
+
+    def reference_vectors(self, chunks: list[list[int]], projected: bool = True) -> torch.Tensor:
+        """Per-chunk iHVPs r_i (n_chunks, D) with the fitted curvature, unnormalized: projected as in `fit`, or
+        (projected=False) in the full layer space, each layer's d_out × d_in block flattened row-major."""
+        if self.curvature is None:
+            raise InfluenceError("no curvature: fit the scorer first (a loaded scorer keeps only its reference vector)")
+        identity = {name: KroneckerProjection(None, None) for name in self.layers}
+        return self._vectors(chunks, _ReferenceVectors(self.curvature, self.projections if projected else identity))
+
     # --- scoring ----------------------------------------------------------------------------------------------
     def score(self, texts: list[str]) -> np.ndarray:
         """Influence score per text (float64), higher = more helpful for the reference loss."""
@@ -220,15 +292,41 @@ class InfluenceScorer:
             vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30)
         return vectors
 
-    def score_token_ids(self, documents: list[list[int]]) -> np.ndarray:
+    def _require_fitted(self) -> None:
         if self.reference is None:
             raise InfluenceError("InfluenceScorer is not fitted: call fit(reference_texts) or load(path, cfg) first")
+
+    def _reference_blocks(self) -> dict[str, torch.Tensor]:
+        """The reference vector as per-layer views shaped like the scored blocks (k_g × k_a, or d_out × d_in)."""
+        blocks, offset = {}, 0
+        for name, layer in self.layers.items():
+            projection = self.projections[name]
+            rows = layer.out_features if projection.p_g is None else projection.p_g.shape[0]
+            cols = layer.in_features if projection.p_a is None else projection.p_a.shape[0]
+            blocks[name] = self.reference[offset : offset + rows * cols].view(rows, cols)
+            offset += rows * cols
+        return blocks
+
+    def chunk_scores(self, chunks: list[list[int]]) -> torch.Tensor:
+        """s(z) per chunk, batch by batch: no chunk's full vector outlives its layer's hook."""
+        self._require_fitted()
+        scores = torch.zeros(len(chunks), dtype=torch.float64)
+        consumer = _ChunkScores(self.projections, self._reference_blocks())
+        for positions, batch in self._batches(chunks):
+            consumer.dots = consumer.squares = None
+            forward_backward(self.model, self.layers, batch, consumer, self.dtype)
+            dots = consumer.dots / consumer.squares.sqrt().clamp(min=1e-30) if self.cfg.normalize else consumer.dots
+            scores[positions] = dots.double().cpu()
+        return scores
+
+    def score_token_ids(self, documents: list[list[int]]) -> np.ndarray:
+        self._require_fitted()
         per_doc = [self.chunks(ids) for ids in documents]
         flat = [chunk for chunks in per_doc for chunk in chunks]
         scores = np.zeros(len(documents))
         if not flat:
             return scores
-        chunk_scores = (self.chunk_vectors(flat) @ self.reference).double().cpu().numpy()
+        chunk_scores = self.chunk_scores(flat).numpy()
         start = 0
         for index, chunks in enumerate(per_doc):
             if chunks:
