@@ -50,7 +50,8 @@ def http_ok(url: str) -> bool:
 
 
 def api_call(api: str, path: str, body: dict | None = None, attempts: int = 5):
-    """JSON in, JSON out; retries a 503, which a loaded Prefect server returns while its SQLite file is busy."""
+    """JSON in, JSON out. Retries a 503, which a loaded Prefect server returns while its SQLite file is busy, and
+    a GET that timed out (a server sharing 2 cores with flow runs can stall past 10 s; a POST is never repeated)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{api}{path}", data=data, headers={"Content-Type": "application/json"})
     for attempt in range(attempts):
@@ -60,7 +61,11 @@ def api_call(api: str, path: str, body: dict | None = None, attempts: int = 5):
         except urllib.error.HTTPError as exc:
             if exc.code != 503 or attempt == attempts - 1:
                 raise
-            time.sleep(1 + attempt)
+        except (TimeoutError, urllib.error.URLError) as exc:
+            timed_out = isinstance(exc, TimeoutError) or isinstance(exc.reason, TimeoutError)
+            if not timed_out or body is not None or attempt == attempts - 1:
+                raise
+        time.sleep(1 + attempt)
 
 
 def stop(proc: subprocess.Popen) -> None:
