@@ -204,8 +204,9 @@ def test_bfloat16_autocast_agrees_with_float32(world):
 
 
 @pytest.mark.gpu
-def test_cuda_scores_match_cpu(world):
-    cfg = exact_cfg(projection_dim=8, normalize=True, curvature_samples=128)
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_cuda_scores_match_cpu(world, projection_dim):
+    cfg = exact_cfg(projection_dim=projection_dim, normalize=True, curvature_samples=128)
     docs = world["docs_a"][:15] + world["docs_b"][:15]
 
     def scores(**overrides):
