@@ -133,11 +133,8 @@ def test_full_space_reference_vectors_project_to_the_fitted_ones(world):
     chunks = scorer.reference_chunks(world["reference"][:32])
     full, projected = scorer.reference_vectors(chunks, projected=False), scorer.reference_vectors(chunks)
     assert full.shape[1] == sum(layer.weight.numel() for layer in scorer.layers.values())
-    blocks, offset = [], 0
-    for name, layer in scorer.layers.items():
-        span = full[:, offset : offset + layer.weight.numel()].reshape(-1, *layer.weight.shape)
-        blocks.append(scorer.projections[name].project_matrix(span).flatten(1))
-        offset += layer.weight.numel()
+    blocks = [scorer.projections[name].project_matrix(block).flatten(1)
+              for name, block in scorer.split_layers(full, projected=False).items()]
     torch.testing.assert_close(torch.cat(blocks, dim=1), projected, rtol=1e-3, atol=1e-4 * projected.abs().max())
     torch.testing.assert_close(projected.mean(0), scorer.reference)
     with pytest.raises(InfluenceError, match="no curvature"):

@@ -13,23 +13,23 @@ import argparse
 import json
 
 import torch
-from run import doc_scores, normalized, per_example_loop, records
+from run import doc_scores, per_example_loop, records
 from scipy.stats import spearmanr
 
 from selectflow.config import InfluenceConfig
 from selectflow.influence import InfluenceScorer, load_model_and_tokenizer
 from selectflow.influence.projection import KroneckerProjection
+from selectflow.influence.scorer import unit_rows
 
 
 def projected_scores(scorer: InfluenceScorer, full: torch.Tensor, reference: torch.Tensor, k: int, seed: int):
-    docs, refs, offset = [], [], 0
-    for index, layer in enumerate(scorer.layers.values()):
-        shape, size = (layer.out_features, layer.in_features), layer.weight.numel()
+    docs, refs = scorer.split_layers(full, projected=False), scorer.split_layers(reference, projected=False)
+    projected_docs, projected_refs = [], []
+    for index, (name, layer) in enumerate(scorer.layers.items()):
         projection = KroneckerProjection.seeded(layer.in_features, layer.out_features, k, seed * 100_003 + index)
-        docs.append(projection.project_matrix(full[:, offset : offset + size].reshape(-1, *shape)).flatten(1))
-        refs.append(projection.project_matrix(reference[:, offset : offset + size].reshape(-1, *shape)).flatten(1))
-        offset += size
-    return normalized(torch.cat(docs, 1), True) @ normalized(torch.cat(refs, 1), True).mean(0)
+        projected_docs.append(projection.project_matrix(docs[name]).flatten(1))
+        projected_refs.append(projection.project_matrix(refs[name]).flatten(1))
+    return unit_rows(torch.cat(projected_docs, 1)) @ unit_rows(torch.cat(projected_refs, 1)).mean(0)
 
 
 def main() -> None:
@@ -47,13 +47,13 @@ def main() -> None:
     chunks = [scorer.chunks(ids)[0] for ids in documents]
     full, _, _ = per_example_loop(scorer, chunks)
     reference = scorer.reference_vectors(scorer.reference_chunks(scorer.tokenize(reference_texts)), projected=False)
-    owners = list(range(len(chunks)))
-    exact = doc_scores(normalized(full, True) @ normalized(reference, True).mean(0), owners, len(chunks))
+    counts = [1] * len(chunks)
+    exact = doc_scores(unit_rows(full) @ unit_rows(reference).mean(0), counts)
     ours = scorer.score_token_ids(documents)
     row = {"docs": len(chunks), "max_tokens": args.max_tokens, "exact_mean": float(exact.mean()),
            "exact_std": float(exact.std()), "spearman_scorer_vs_exact": round(float(spearmanr(ours, exact)[0]), 3)}
     for k in (32, 64, 128, 256):
-        seeds = [doc_scores(projected_scores(scorer, full, reference, k, seed), owners, len(chunks)) for seed in (0, 1)]
+        seeds = [doc_scores(projected_scores(scorer, full, reference, k, seed), counts) for seed in (0, 1)]
         row[f"k{k}"] = {"spearman_vs_exact": [round(float(spearmanr(s, exact)[0]), 3) for s in seeds],
                         "spearman_seed0_vs_seed1": round(float(spearmanr(*seeds)[0]), 3)}
     print(json.dumps(row))

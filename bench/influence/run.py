@@ -35,6 +35,7 @@ from selectflow.config import InfluenceConfig
 from selectflow.influence import InfluenceScorer, load_model_and_tokenizer
 from selectflow.influence.exact import layer_gradients
 from selectflow.influence.model import freeze
+from selectflow.influence.scorer import document_means, unit_rows
 
 SAMPLE = Path(__file__).parents[2] / "selectflow" / "data" / "sample"
 DENSE_SEED = 12345
@@ -60,7 +61,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def normalized(vectors: torch.Tensor, normalize: bool) -> torch.Tensor:
-    return vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30) if normalize else vectors
+    return unit_rows(vectors) if normalize else vectors
 
 
 def dense_project(vectors: torch.Tensor, dim: int, max_blocks: int | None = None,
@@ -108,12 +109,8 @@ def timed_dense_projection(full: torch.Tensor, dim: int, interval: int, max_bloc
     return torch.cat([out for out, _ in parts]), time.perf_counter() - started, parts[0][1]
 
 
-def doc_scores(chunk_scores: torch.Tensor, owners: list[int], n_docs: int) -> np.ndarray:
-    """A document's score is the mean over its chunks (as InfluenceScorer does)."""
-    values, counts = np.zeros(n_docs), np.zeros(n_docs)
-    np.add.at(values, owners, chunk_scores.double().cpu().numpy())
-    np.add.at(counts, owners, 1)
-    return values / np.maximum(counts, 1)
+def doc_scores(chunk_scores: torch.Tensor, chunks_per_document: list[int]) -> np.ndarray:
+    return document_means(chunk_scores.double().cpu().numpy(), chunks_per_document)
 
 
 def main() -> None:
@@ -148,7 +145,7 @@ def main() -> None:
 
     pool = [t for name in ("prose.jsonl.zst", "code.jsonl.zst", "fortunes.jsonl.zst") for t in records(name)[:200]]
     documents = [ids for ids in scorer.tokenize(pool) if len(ids) >= args.max_tokens][: args.docs]
-    owners = [index for index, ids in enumerate(documents) for _ in scorer.chunks(ids)]
+    counts = [len(scorer.chunks(ids)) for ids in documents]
     chunks = [chunk for ids in documents for chunk in scorer.chunks(ids)]
 
     synchronize(scorer.device)
@@ -157,13 +154,13 @@ def main() -> None:
     synchronize(scorer.device)
     ours_s = time.perf_counter() - started
     full, same, loop = per_example_loop(scorer, chunks)
-    same_scores = doc_scores(normalized(same, cfg.normalize) @ scorer.reference, owners, len(documents))
+    same_scores = doc_scores(normalized(same, cfg.normalize) @ scorer.reference, counts)
     del same
     same_s = loop["backward_s"] + loop["projection_s"]
 
     reference_full = normalized(scorer.reference_vectors(scorer.reference_chunks(scorer.tokenize(reference_texts)),
                                                          projected=False), cfg.normalize)
-    exact = doc_scores(normalized(full, cfg.normalize) @ reference_full.mean(0), owners, len(documents))
+    exact = doc_scores(normalized(full, cfg.normalize) @ reference_full.mean(0), counts)
     n = len(documents)
     row = {
         "model": args.model, "layers": args.layers, "docs": n, "max_tokens": args.max_tokens,
@@ -192,7 +189,7 @@ def main() -> None:
         }
         if fraction == 1.0:
             reference_dense = normalized(dense_project(reference_full, args.dense_dim)[0], cfg.normalize).mean(0)
-            dense_scores = doc_scores(normalized(dense, cfg.normalize) @ reference_dense, owners, n)
+            dense_scores = doc_scores(normalized(dense, cfg.normalize) @ reference_dense, counts)
             row["spearman_dense_vs_exact"] = round(float(spearmanr(dense_scores, exact)[0]), 3)
     print(json.dumps(row))
     with open(args.out, "a") as handle:

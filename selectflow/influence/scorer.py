@@ -62,8 +62,23 @@ def chunk_token_ids(ids: list[int], max_tokens: int, max_chunks: int, min_chunk_
     return kept or chunks[:1]
 
 
+def unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to unit L2 norm (a zero row stays zero)."""
+    return vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+
+
+def document_means(chunk_scores: np.ndarray, chunks_per_document: list[int]) -> np.ndarray:
+    """A document's score: the mean of its consecutive chunks' scores; 0.0 for a document without chunks."""
+    scores, start = np.zeros(len(chunks_per_document)), 0
+    for index, count in enumerate(chunks_per_document):
+        if count:
+            scores[index] = chunk_scores[start : start + count].mean()
+        start += count
+    return scores
+
+
 class _ProjectedGradients:
-    """Scoring consumer: x(z) = P_g G P_aᵀ per layer and chunk, from the projected hook tensors."""
+    """Scoring consumer: x(z) = P_g G P_aᵀ (or G) per layer and chunk, from the projected hook tensors."""
 
     def __init__(self, projections: dict[str, KroneckerProjection]):
         self.projections = projections
@@ -72,25 +87,25 @@ class _ProjectedGradients:
     def on_input(self, name: str, a: torch.Tensor, mask: torch.Tensor) -> Any:
         return self.projections[name].project_inputs(a)
 
+    def layer_block(self, name: str, context: Any, g: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(self.projections[name].project_grads(g).transpose(1, 2), context)
+
     def on_grad(self, name: str, context: Any, g: torch.Tensor, mask: torch.Tensor) -> None:
-        projected_g = self.projections[name].project_grads(g)
-        self.blocks[name] = torch.bmm(projected_g.transpose(1, 2), context)
+        self.blocks[name] = self.layer_block(name, context, g)
 
 
-class _ChunkScores:
-    """Scoring consumer: ⟨r̄_l, x_l(z)⟩ and ‖x_l(z)‖² summed over layers per chunk; x_l = G_l or P_g G_l P_aᵀ."""
+class _ChunkScores(_ProjectedGradients):
+    """Scoring consumer for one batch: ⟨r̄_l, x_l(z)⟩ and ‖x_l(z)‖² summed over layers per chunk; a layer's block
+    is dropped as soon as it is reduced."""
 
     def __init__(self, projections: dict[str, KroneckerProjection], reference: dict[str, torch.Tensor]):
-        self.projections = projections
+        super().__init__(projections)
         self.reference = reference
         self.dots: torch.Tensor | None = None
         self.squares: torch.Tensor | None = None
 
-    def on_input(self, name: str, a: torch.Tensor, mask: torch.Tensor) -> Any:
-        return self.projections[name].project_inputs(a)
-
     def on_grad(self, name: str, context: Any, g: torch.Tensor, mask: torch.Tensor) -> None:
-        block = torch.bmm(self.projections[name].project_grads(g).transpose(1, 2), context)
+        block = self.layer_block(name, context, g)
         dots, squares = (block * self.reference[name]).sum((1, 2)), block.square().sum((1, 2))
         self.dots = dots if self.dots is None else self.dots + dots
         self.squares = squares if self.squares is None else self.squares + squares
@@ -253,9 +268,7 @@ class InfluenceScorer:
         """r̄, flattened layer by layer like the scored blocks."""
         if self.cfg.projection_dim is not None:
             vectors = self.reference_vectors(chunks)
-            if self.cfg.normalize:
-                vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30)
-            return vectors.mean(0)
+            return (unit_rows(vectors) if self.cfg.normalize else vectors).mean(0)
         consumer, sums = _RotatedReference(self.curvature), {}
         for _, batch in self._batches(chunks):
             forward_backward(self.model, self.layers, batch, consumer, self.dtype)
@@ -288,22 +301,21 @@ class InfluenceScorer:
     def chunk_vectors(self, chunks: list[list[int]]) -> torch.Tensor:
         """Projected per-chunk gradients x(z) (n_chunks, D), normalized when cfg.normalize."""
         vectors = self._vectors(chunks, _ProjectedGradients(self.projections))
-        if self.cfg.normalize:
-            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30)
-        return vectors
+        return unit_rows(vectors) if self.cfg.normalize else vectors
 
     def _require_fitted(self) -> None:
         if self.reference is None:
             raise InfluenceError("InfluenceScorer is not fitted: call fit(reference_texts) or load(path, cfg) first")
 
-    def _reference_blocks(self) -> dict[str, torch.Tensor]:
-        """The reference vector as per-layer views shaped like the scored blocks (k_g × k_a, or d_out × d_in)."""
+    def split_layers(self, vectors: torch.Tensor, projected: bool = True) -> dict[str, torch.Tensor]:
+        """Views of (…, D) vectors as per-layer (…, rows, cols) blocks: shaped like the scored blocks (k_g × k_a, or
+        d_out × d_in without projection), or (projected=False) like the layers' weights."""
         blocks, offset = {}, 0
         for name, layer in self.layers.items():
             projection = self.projections[name]
-            rows = layer.out_features if projection.p_g is None else projection.p_g.shape[0]
-            cols = layer.in_features if projection.p_a is None else projection.p_a.shape[0]
-            blocks[name] = self.reference[offset : offset + rows * cols].view(rows, cols)
+            rows = layer.out_features if not projected or projection.p_g is None else projection.p_g.shape[0]
+            cols = layer.in_features if not projected or projection.p_a is None else projection.p_a.shape[0]
+            blocks[name] = vectors[..., offset : offset + rows * cols].unflatten(-1, (rows, cols))
             offset += rows * cols
         return blocks
 
@@ -311,9 +323,9 @@ class InfluenceScorer:
         """s(z) per chunk, batch by batch: no chunk's full vector outlives its layer's hook."""
         self._require_fitted()
         scores = torch.zeros(len(chunks), dtype=torch.float64)
-        consumer = _ChunkScores(self.projections, self._reference_blocks())
+        reference = self.split_layers(self.reference)
         for positions, batch in self._batches(chunks):
-            consumer.dots = consumer.squares = None
+            consumer = _ChunkScores(self.projections, reference)
             forward_backward(self.model, self.layers, batch, consumer, self.dtype)
             dots = consumer.dots / consumer.squares.sqrt().clamp(min=1e-30) if self.cfg.normalize else consumer.dots
             scores[positions] = dots.double().cpu()
@@ -323,16 +335,8 @@ class InfluenceScorer:
         self._require_fitted()
         per_doc = [self.chunks(ids) for ids in documents]
         flat = [chunk for chunks in per_doc for chunk in chunks]
-        scores = np.zeros(len(documents))
-        if not flat:
-            return scores
-        chunk_scores = self.chunk_scores(flat).numpy()
-        start = 0
-        for index, chunks in enumerate(per_doc):
-            if chunks:
-                scores[index] = chunk_scores[start : start + len(chunks)].mean()
-            start += len(chunks)
-        return scores
+        chunk_scores = self.chunk_scores(flat).numpy() if flat else np.zeros(0)
+        return document_means(chunk_scores, [len(chunks) for chunks in per_doc])
 
     # --- persistence ------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
