@@ -19,6 +19,7 @@ from flows.select import select_subset
 from selectflow import summary
 from selectflow.config import CurateConfig, IngestConfig, ProbeConfig
 from selectflow.ingest import plan_inputs
+from selectflow.preflight import check_docs_budgets
 from selectflow.probe.metrics import learning_speed
 from selectflow.report import Risk, write_report
 from selectflow.report.assemble import assemble_report, risk_section
@@ -29,20 +30,29 @@ from selectflow.risk import (
     verdict_markdown,
     verdict_metrics,
 )
-from selectflow.runs import RunRecord
+from selectflow.runs import RunRecord, heartbeat, record_interrupted
+from selectflow.stopping import arm_deadline, is_interruption, note_signals
 from selectflow.select.quad import round_metrics
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
 from selectflow.tracking import Tracker
+from selectflow.workspace import workspace_lock
 
 
 @flow(name="curate", log_prints=True)
 def curate(config: CurateConfig) -> dict:
     """Take a raw corpus to its selected subsets, judged by probe training, with lineage and an MLflow run."""
-    # A missing or unreadable input fails here, before anything starts.
+    with workspace_lock(config.workspace), note_signals():
+        return _curate(config)
+
+
+def _curate(config: CurateConfig) -> dict:
+    # A missing or unreadable input fails here, before anything starts (the CLI checks it even earlier).
     files = plan_inputs(config.ingest)
     held_out = {name: (cfg, plan_inputs(cfg)) for name, cfg in held_out_sets(config).items()}
     store = ArtifactStore(config.workspace / "store")
     store.clean_tmp()
+    tracker = Tracker(config.tracking, config.workspace)
+    tracker.mark_killed([run.mlflow_run_id for run in record_interrupted(store) if run.mlflow_run_id])
     run = RunRecord(
         run_id=flow_run.get_id() or uuid.uuid4().hex,
         flow_run_id=flow_run.get_id(),
@@ -50,11 +60,10 @@ def curate(config: CurateConfig) -> dict:
     )
     workspace = str(store.root)
     retrying = {"retries": config.retries, "retry_delay_seconds": config.retry_delay_seconds}
-    tracker = Tracker(config.tracking, config.workspace)
     tags = {"prefect.flow_run_id": str(run.flow_run_id), "selectflow.code_version": package_code_version(),
             "selectflow.deployment": deployment.get_name() or "local"}
     with tracker.run(config.run_name or flow_run.get_name(), tags, run.config) as mlflow_run, \
-            dask_runner(config.dask) as task_runner, _recorded(run, store):
+            dask_runner(config.dask) as task_runner, heartbeat(store, run), _recorded(run, store):
         run.mlflow_run_id = mlflow_run.info.run_id
         run.save(store)
 
@@ -79,6 +88,8 @@ def curate(config: CurateConfig) -> dict:
         risk, speeds = None, {}
 
         if config.selection.selector != "none":
+            # A budget the deduplicated pool cannot meet fails here, in one line, before any selector starts.
+            check_docs_budgets(config.selection, sum(ref.rows("docs") for ref in dedup.deduped))
             sets = {name: ingest_corpus.with_options(name=f"ingest-{name}", task_runner=task_runner)(
                 workspace, planned, cfg, **retrying) for name, (cfg, planned) in held_out.items()}
             for name, refs in sets.items():
@@ -117,8 +128,7 @@ def curate(config: CurateConfig) -> dict:
         run.summary["report"] = str(report)
         if risk is not None:
             run.summary["risk"] = {"verdict": risk.overall, "reason": risk.reason}
-        run.status = "completed"
-        run.save(store)
+        run.finish(store, "completed")
         tracker.log_summary(summary.summary_metrics(run.summary), {"summary.json": run.summary}, files=[report])
     create_markdown_artifact(summary.markdown(run.summary), key="curate-summary", description="selectflow run summary")
     create_link_artifact(report.as_uri(), link_text=f"run report ({report.name})", key="curate-report",
@@ -179,12 +189,15 @@ def held_out_sets(config: CurateConfig) -> dict[str, IngestConfig]:
 
 @contextlib.contextmanager
 def _recorded(run: RunRecord, store: ArtifactStore):
-    """A run that raises is recorded as failed (a killed one stays 'running': lineage says it is undecided)."""
+    """A run that raises is recorded as interrupted (a signal, Ctrl-C) or failed; an interrupted one is also given a
+    deadline to unwind by (see selectflow.stopping). A run killed outright is found out by the next reader."""
     try:
         yield
-    except BaseException:
-        run.status = "failed"
-        run.save(store)
+    except BaseException as exc:
+        interrupted = is_interruption(exc)
+        if interrupted:
+            arm_deadline()
+        run.finish(store, "interrupted" if interrupted else "failed")
         raise
 
 

@@ -1,4 +1,4 @@
-"""Running shard tasks: one Dask cluster per flow run, progress as shards finish, stale caches refreshed."""
+"""Running shard tasks: one Dask cluster per flow run, progress as shards finish."""
 
 import contextlib
 import logging
@@ -21,7 +21,7 @@ def dask_runner(cfg: DaskConfig):
         return
     from distributed import LocalCluster
 
-    worker_options = {"env": _prefect_env()} if cfg.processes else {}
+    process_options = {"env": _prefect_env(), "host": cfg.host} if cfg.processes else {}
     # Dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) makes every large numpy temporary a fresh mmap: MinHash on
     # the workers used ~40% more CPU (bench/dedup). These must be set before the worker processes start.
     with dask.config.set({
@@ -31,8 +31,11 @@ def dask_runner(cfg: DaskConfig):
         n_workers=cfg.n_workers,
         threads_per_worker=cfg.threads_per_worker,
         processes=cfg.processes,
-        dashboard_address=None,
-        **worker_options,
+        # Even with no dashboard, the scheduler and every worker serve HTTP (health, metrics) on an address of their
+        # own; in-process workers would bind it on every interface. Pin them all to the host, on free ports.
+        dashboard_address=f"{cfg.host}:0",
+        worker_dashboard_address=f"{cfg.host}:0",
+        **process_options,
     ) as cluster:
         yield DaskTaskRunner(address=cluster.scheduler_address)
 
@@ -51,17 +54,9 @@ def run_shards(task, calls: list[dict], stage: str) -> list[ArtifactRef]:
 
 
 def run_tasks(calls: list[tuple], stage: str) -> list[ArtifactRef]:
-    """Submit each (task, parameters) at once so they run side by side; their artifacts, in call order.
-
-    A Prefect cache hit whose artifact was since deleted from the store is recomputed, not trusted.
-    """
+    """Submit each (task, parameters) at once so they run side by side; their artifacts, in call order."""
     futures = [task.submit(**params) for task, params in calls]
     with StageProgress(stage, total=len(futures)) as progress:
         for _ in as_completed(futures):
             progress.advance()
-    refs = [future.result() for future in futures]
-    for index, ref in enumerate(refs):
-        if not ref.exists():
-            task, params = calls[index]
-            refs[index] = task.with_options(refresh_cache=True).submit(**params).result()
-    return refs
+    return [future.result() for future in futures]

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import os
+import signal
 import sys
+import time
+import traceback
 from pathlib import Path
 
 from selectflow.config import ConfigError, CurateConfig, load_config
+from selectflow.preflight import preflight
+from selectflow.stopping import Interrupted, stop_on_signals
+from selectflow.workspace import WorkspaceBusy, setup_lock, workspace_lock
 
 SAMPLE_CONFIG = Path(__file__).parent / "data" / "sample.yaml"
 DEFAULT_WORKSPACE = Path("selectflow-workspace")
@@ -48,12 +56,57 @@ def _build_config(args) -> CurateConfig:
     return load_config(args.config or SAMPLE_CONFIG, overrides)
 
 
+def _start_prefect(debug: bool) -> None:
+    """Prefect's logging set up for this command, and its temporary server started now (when no server is
+    configured): never two processes creating the same server database at once."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # later set-ups in this process are incremental: they keep the handlers configured here
+    if not debug:
+        _console_without_tracebacks()
+    if "PREFECT_API_URL" in os.environ:
+        return
+    from prefect.client.orchestration import get_client
+
+    with setup_lock(Path(os.environ["PREFECT_HOME"]) / ".setup.lock"), get_client(sync_client=True):
+        pass
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect's console lines without their tracebacks (the Prefect UI and API logs keep them; --debug shows them)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers if isinstance(h, PrefectConsoleHandler)}:
+        handler.setFormatter(_OneLine(handler.formatter or logging.Formatter()))
+
+
+class _OneLine(logging.Formatter):
+    """Formats with `inner`, leaving out the traceback (the record itself is left intact for other handlers)."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def cmd_run(args) -> int:
     config = _build_config(args)
-    _offline_environment(config.workspace)
-    from flows.curate import curate  # imports Prefect: after the environment is set
+    preflight(config)
+    with workspace_lock(config.workspace), stop_on_signals():
+        _offline_environment(config.workspace)
+        _start_prefect(args.debug)
+        from flows.curate import curate  # imports Prefect: after the environment is set
 
-    summary = curate(config)
+        summary = curate(config)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -66,7 +119,9 @@ def cmd_run(args) -> int:
 def cmd_serve(args) -> int:
     """Serve `curate` as a deployment from this process: scheduled runs and runs triggered from the UI or API."""
     config = _build_config(args)
+    preflight(config)
     _offline_environment(config.workspace)
+    _start_prefect(args.debug)
     from flows.curate import curate
 
     curate.serve(
@@ -96,6 +151,9 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
     console.print(f"Quarantined records: {quarantine['count']} ({reasons})")
     for table_path in quarantine["tables"][:5]:
         console.print(f"  {table_path}")
+    if summary["skipped_links"]:
+        console.print(f"Symlinks skipped:    {summary['skipped_links']} (inside input directories; "
+                      "`follow_symlinks: true` on an input reads them)")
     console.print(f"Results (Parquet):   {summary['outputs']}")
     for stage, folder in summary.get("subsets", {}).items():
         if folder != summary["outputs"]:
@@ -111,22 +169,52 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
         console.print(f"  browse it with:    mlflow ui --backend-store-uri {mlflow_uri}")
 
 
-def cmd_lineage(args) -> int:
-    from selectflow.lineage import doc_lineage, run_graph
+def _existing_store(workspace: str | None):
     from selectflow.store import ArtifactStore
 
-    store = ArtifactStore(Path(args.workspace or DEFAULT_WORKSPACE) / "store")
+    root = Path(workspace or DEFAULT_WORKSPACE).absolute()
+    if not (root / "store" / "runs").is_dir():
+        raise LookupError(f"{root} is not a selectflow workspace (no store/runs in it); pass the --workspace "
+                          "of a run")
+    return ArtifactStore(root / "store")
+
+
+def cmd_lineage(args) -> int:
+    from selectflow.lineage import UnknownDocument, doc_lineage, run_graph
+
+    store = _existing_store(args.workspace)
     if args.doc is None:
         result = run_graph(store, args.run)
         print(json.dumps(result, indent=2) if args.json else _format_graph(result))
-    else:
+        return 0
+    try:
         result = doc_lineage(store, args.doc, args.run)
-        print(json.dumps(result, indent=2) if args.json else _format_doc(result))
+    except UnknownDocument as exc:
+        print(f"selectflow: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else _format_doc(result))
     return 0
+
+
+def cmd_store_verify(args) -> int:
+    """Check every artifact of a workspace against its manifest; with --quarantine, move the damaged ones aside."""
+    store = _existing_store(args.workspace)
+    damaged, checked, started = 0, 0, time.perf_counter()
+    for ref in store.artifacts():
+        checked += 1
+        if problems := ref.verify():
+            damaged += 1
+            where = f"moved to {store.quarantine(ref, problems)}" if args.quarantine else "left in place"
+            print(f"DAMAGED {ref.stage}/{ref.key} ({where}):", *problems, sep="\n  ")
+    print(f"{checked} artifacts checked in {time.perf_counter() - started:.1f}s: {damaged} damaged"
+          + ("" if not damaged or args.quarantine else "; --quarantine moves them aside, a re-run rebuilds them"))
+    return 1 if damaged else 0
 
 
 def _format_doc(result: dict) -> str:
     lines = [f"document {result['doc_id']} in run {result['run_id']}"]
+    if result["note"]:
+        lines.append(f"  note:   {result['note']}")
     if origin := result["origin"]:
         lines.append(f"  origin: {origin['source']} line {origin['line']} (domain {origin['domain']}, "
                      f"{origin['n_bytes']} bytes)")
@@ -134,14 +222,18 @@ def _format_doc(result: dict) -> str:
     if quarantined := result.get("quarantined"):
         lines.append(f"  quarantined: {quarantined['source']} line {quarantined['line']}: {quarantined['reason']}")
     for decision in result["decisions"]:
-        lines.append(f"  {decision['stage']:<13} {decision['decision']:<8} {decision['reason']}")
+        keeper = f"; kept copy at {decision['ref_origin']}" if decision.get("ref_origin") else ""
+        lines.append(f"  {decision['stage']:<13} {decision['decision']:<8} {decision['reason']}{keeper}")
     lines.append(f"  final: {result['final']}")
     return "\n".join(lines)
 
 
 def _format_graph(result: dict) -> str:
-    lines = [f"run {result['run_id']} ({result['status']}, started {result['started_at']}, "
+    ended = f", finished {result['finished_at']}" if result["finished_at"] else ""
+    lines = [f"run {result['run_id']} ({result['status']}, started {result['started_at']}{ended}, "
              f"MLflow run {result['mlflow_run_id']})"]
+    if result["note"]:
+        lines.append(f"note: {result['note']}")
     for stage in result["stages"]:
         lines.append(f"{stage['stage']}: {len(stage['artifacts'])} artifact(s)")
         for artifact in stage["artifacts"]:
@@ -164,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selectflow", description="Select the subset of a raw corpus worth training on, and record why."
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks with errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
     def config_options(sub):
         sub.add_argument("--config", "-c", help=f"YAML config file (default: the embedded sample, {SAMPLE_CONFIG})")
@@ -175,14 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override one config field, dotted, e.g. --set dedup.near.threshold=0.8")
         sub.add_argument("--dask-address", help="use this Dask scheduler (tcp://host:8786) instead of a LocalCluster")
 
-    run = commands.add_parser(
+    run = add_command(
         "run", help="run the curate flow (ingest, dedup, clusters, influence, selection, probes, risk check, report)"
     )
     config_options(run)
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=cmd_run)
 
-    serve = commands.add_parser(
+    serve = add_command(
         "serve", help="serve `curate` as a Prefect deployment (schedule, UI and API triggers) until interrupted")
     config_options(serve)
     serve.add_argument("--name", default="curate", help="deployment name (default: curate)")
@@ -191,17 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1: runs share the workspace)")
     serve.set_defaults(func=cmd_serve)
 
-    lineage = commands.add_parser("lineage", help="why a document is in or out; or a run's artifact graph")
+    lineage = add_command("lineage", help="why a document is in or out; or a run's artifact graph")
     lineage.add_argument("doc", nargs="?", help="a doc_id, or FILE:LINE of an input record; omit for the graph")
     lineage.add_argument("--run", help="run id or prefix (default: the latest run)")
     lineage.add_argument("--workspace", "-w", help="workspace of the run (default ./selectflow-workspace)")
     lineage.add_argument("--json", action="store_true", help="print JSON")
     lineage.set_defaults(func=cmd_lineage)
 
-    config = commands.add_parser("config", help="print the effective config (or its JSON schema)")
+    config = add_command("config", help="print the effective config (or its JSON schema)")
     config_options(config)
     config.add_argument("--schema", action="store_true", help="print the JSON schema of the config")
     config.set_defaults(func=cmd_config)
+
+    store = commands.add_parser("store", help="check the artifact store")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
+    verify = store_commands.add_parser(
+        "verify", parents=[common], help="check every artifact's files against its manifest (size and sha256)")
+    verify.add_argument("--workspace", "-w", help="workspace to check (default ./selectflow-workspace)")
+    verify.add_argument("--quarantine", action="store_true",
+                        help="move damaged artifacts to <workspace>/store/quarantine (a re-run rebuilds them)")
+    verify.set_defaults(func=cmd_store_verify)
     return parser
 
 
@@ -209,17 +313,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, LookupError) as exc:
+    except Interrupted as exc:
+        print(f"selectflow: {exc}: the run is recorded as interrupted; the same command resumes it", file=sys.stderr)
+        return 128 + exc.signum
+    except BrokenPipeError:  # the reader went away (`selectflow lineage ... | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        if args.debug:
+            traceback.print_exc()
         print(f"selectflow: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from selectflow.ingest import IngestError
-        from selectflow.select import ZipError
 
-        if isinstance(exc, (IngestError, ZipError)):  # bad input or an impossible budget: say it, no traceback
-            print(f"selectflow: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def _is_user_error(exc: Exception) -> bool:
+    """Bad input, a wrong setting, an impossible budget, a busy workspace: said in one line, no traceback."""
+    from selectflow.ingest import IngestError
+    from selectflow.select import ZipError
+    from selectflow.select.baselines import BudgetError
+
+    if isinstance(exc, (KeyError, IndexError)):  # lookups gone wrong inside the code: bugs
+        return False
+    return isinstance(exc, (ConfigError, LookupError, IngestError, ZipError, BudgetError, WorkspaceBusy))
 
 
 if __name__ == "__main__":

@@ -41,13 +41,25 @@ class InputSpec(_Strict):
     domain: str | None = Field(None, description="Domain label for every document of this input.")
     domain_field: str | None = Field("domain", description="Record field holding the domain (overrides 'domain').")
     text_glob: str = Field("**/*.txt", description="For a directory of text files: which files to read.")
+    follow_symlinks: bool = Field(
+        False,
+        description="Read through symbolic links found while expanding a directory or glob (links to files, and "
+        "links to directories, which are then searched too). Off: such links are skipped, counted in the ingest "
+        "stats and logged. A path named here is read even when it is itself a link.",
+    )
 
 
 class IngestConfig(_Strict):
     inputs: list[InputSpec] = Field(..., min_length=1, description="What to read.")
     shard_rows: int = Field(10_000, ge=1, description="Documents per output Parquet shard.")
     max_record_bytes: int = Field(
-        2_000_000, ge=1, description="Records larger than this (UTF-8 bytes of the raw line) are quarantined."
+        32 * 2**20,
+        ge=1,
+        description="Records larger than this are quarantined (bytes of the raw JSONL line, of the Parquet row as "
+        "JSON, of a whole text file after decompression). A record is held whole while it is read, and reading it "
+        "peaks at about 15x its size (bytes, text, parsed record, the normalized text that is hashed): 32 MiB allows "
+        "~0.5 GB per reading task and keeps long real documents (license bundles, API references, books: 2-16 MB). "
+        "Lower it to bound worker memory; raise it to keep longer documents.",
     )
     min_text_chars: int = Field(1, ge=1, description="Texts shorter than this (after stripping) are quarantined.")
 
@@ -379,6 +391,9 @@ class DaskConfig(_Strict):
     n_workers: int = Field(2, ge=1, description="LocalCluster workers.")
     threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker.")
     processes: bool = Field(True, description="LocalCluster workers as processes (False: threads in this process).")
+    host: str = Field(
+        "127.0.0.1", description="Address every LocalCluster listener (scheduler, workers, their HTTP endpoints) binds "
+        "to. Loopback by default: the endpoints show call stacks and logs; set another only on a trusted network.")
 
 
 class TrackingConfig(_Strict):

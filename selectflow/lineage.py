@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from selectflow.ingest import canonical_uri
-from selectflow.runs import RunRecord, load_run
+from selectflow.runs import RunRecord, choose_run
 from selectflow.store import ArtifactStore
 from selectflow.text import doc_id as make_doc_id
 
@@ -24,16 +25,28 @@ _FILE_LINE = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
 def _find(files: list[str], column: str, value, columns: list[str]) -> list[dict]:
     if not files:
         return []
-    return ds.dataset(files, format="parquet").to_table(filter=ds.field(column) == value, columns=columns).to_pylist()
+    try:
+        table = ds.dataset(files, format="parquet").to_table(filter=ds.field(column) == value, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise LookupError(f"the run's artifacts are damaged or gone ({exc}); `selectflow store verify` lists what, "
+                          "and re-running the same command rebuilds them") from None
+    return table.to_pylist()
+
+
+class UnknownDocument(LookupError):
+    """The document id, or FILE:LINE, is not in the run's input."""
 
 
 def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> dict:
-    """Origin and per-stage decisions of one document, by doc_id or by `FILE:LINE` of the input."""
-    run = load_run(store, run_id)
+    """Origin and per-stage decisions of one document, by doc_id or by `FILE:LINE` of the input; raises
+    UnknownDocument when the run never read it."""
+    run, note = choose_run(store, run_id)
     ingested = run.refs("ingest")
+    docs_files = [f for ref in ingested for f in ref.files("docs")]
     quarantined = []
-    if match := _FILE_LINE.match(doc):
-        source, line = canonical_uri(match["source"]), int(match["line"])
+    record = _FILE_LINE.match(doc)
+    if record:
+        source, line = canonical_uri(record["source"]), int(record["line"])
         doc = make_doc_id(source, line)
         quarantine_files = [f for ref in ingested for f in ref.files("quarantine")]
         quarantined = [
@@ -41,21 +54,26 @@ def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> di
             if row["line"] == line
         ]
     columns = ["doc_id", "source", "line", "domain", "n_bytes", "content_hash", "text"]
-    origin = _find([f for ref in ingested for f in ref.files("docs")], "doc_id", doc, columns)
-    result = {"doc_id": doc, "run_id": run.run_id, "origin": None, "decisions": [], "final": None}
+    origin = _find(docs_files, "doc_id", doc, columns)
+    result = {"doc_id": doc, "run_id": run.run_id, "note": note, "origin": None, "decisions": [], "final": None}
     if quarantined:
         result["quarantined"] = quarantined[0]
         result["final"] = f"out: quarantined at ingest ({quarantined[0]['reason']})"
         return result
+    if not origin and record:
+        read = bool(_find(docs_files, "source", source, ["line"])) or bool(_find(quarantine_files, "source", source,
+                                                                                  ["line"]))
+        why = "no record at that line" if read else "the file is not one of its inputs"
+        raise UnknownDocument(f"record {source}:{line} is not in run {run.run_id}'s input ({why})")
     if not origin:
-        result["final"] = "not in this run's input"
-        return result
+        raise UnknownDocument(f"unknown document id {doc!r}: not in run {run.run_id}'s input "
+                              "(give a doc_id from its outputs, or FILE:LINE of an input record)")
     row = origin[0]
     row["text"] = row["text"][:200]
     result["origin"] = row
     result["decisions"].append({"stage": "ingest", "decision": "kept", "reason": f"read from {row['source']} line {row['line']}"})
     for stage in FILTER_STAGES:
-        found = _decisions(run, stage, doc)
+        found = _with_keeper_origins(_decisions(run, stage, doc), docs_files)
         result["decisions"].extend(found)
         if any(d["decision"] == "dropped" for d in found):
             result["final"] = f"out: dropped at {stage}"
@@ -66,8 +84,17 @@ def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> di
         result["decisions"].extend(found)
         if found:
             verdicts[stage] = found[0]["decision"]
-    result["final"] = _selection_verdict(verdicts, run.status)
+    result["final"] = _selection_verdict(verdicts, run.live_status(store))
     return result
+
+
+def _with_keeper_origins(decisions: list[dict], docs_files: list[str]) -> list[dict]:
+    """Each decision that names another document (the copy that was kept) also says where that one came from."""
+    for decision in decisions:
+        if keeper := decision.get("ref_doc_id"):
+            rows = _find(docs_files, "doc_id", keeper, ["source", "line"])
+            decision["ref_origin"] = f"{rows[0]['source']}:{rows[0]['line']}" if rows else None
+    return decisions
 
 
 def _decisions(run: RunRecord, stage: str, doc: str) -> list[dict]:
@@ -89,7 +116,7 @@ def _selection_verdict(verdicts: dict[str, str], status: str) -> str:
 
 def run_graph(store: ArtifactStore, run_id: str | None = None) -> dict:
     """The run's artifacts by stage, each with its inputs, row counts and location."""
-    run: RunRecord = load_run(store, run_id)
+    run, note = choose_run(store, run_id)
     key_to_stage = {ref.key: stage for stage in run.stages for ref in run.refs(stage)}
     sha_to_artifact = {
         shard.sha256: f"{ref.stage}/{ref.key[:12]}"
@@ -112,5 +139,6 @@ def run_graph(store: ArtifactStore, run_id: str | None = None) -> dict:
             artifacts.append({"key": ref.key, "path": ref.path, "inputs": inputs, "tables": tables,
                               "stats": manifest["stats"], "seconds": manifest.get("seconds")})
         stages.append({"stage": stage, "artifacts": artifacts})
-    return {"run_id": run.run_id, "status": run.status, "started_at": run.started_at,
+    return {"run_id": run.run_id, "status": run.live_status(store), "note": note, "started_at": run.started_at,
+            "finished_at": run.finished_at,
             "mlflow_run_id": run.mlflow_run_id, "flow_run_id": run.flow_run_id, "stages": stages}

@@ -4,6 +4,11 @@ An artifact is a folder `<root>/artifacts/<stage>/<key>/` of Parquet tables plus
 the stage name, the stage config, the keys of its input artifacts (or input file fingerprints) and the code version,
 so the same inputs through the same code always land on the same key, and a finished artifact is never recomputed.
 Writes go to a temporary folder that is renamed into place only when complete: a crash leaves no half artifact.
+
+The manifest records the size and sha256 of every file of the artifact, and the store checks them on every cache hit
+(sha256 runs at ~1.4 GB/s on one core here, so a full check costs far less than any stage it saves). A damaged
+artifact (a file missing, truncated or edited, an unreadable manifest) is logged, moved aside to
+`<root>/quarantine/<stage>/` with a note of what was wrong, and rebuilt.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,6 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selectflow import __version__
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
 
 
 def stable_hash(*parts: Any, size: int = 16) -> str:
@@ -49,6 +58,14 @@ def code_version(*modules) -> str:
 def package_code_version() -> str:
     """Version of the whole selectflow package: any code change invalidates task caches."""
     return source_version(sorted(Path(__file__).parent.rglob("*.py")))
+
+
+def manifest_files(manifest: dict) -> list[dict]:
+    """Every file a manifest vouches for: all of them (name, bytes, sha256) since manifests list them; the table
+    parts alone (name, sha256) in older manifests."""
+    if "files" in manifest:
+        return manifest["files"]
+    return [entry for table in manifest.get("tables", {}).values() for entry in table["files"]]
 
 
 def file_sha256(path: Path) -> str:
@@ -77,10 +94,31 @@ class ArtifactRef:
     path: str
 
     def exists(self) -> bool:
-        return (Path(self.path) / "manifest.json").is_file()
+        return (Path(self.path) / MANIFEST).is_file()
 
     def manifest(self) -> dict:
-        return json.loads((Path(self.path) / "manifest.json").read_text())
+        return json.loads((Path(self.path) / MANIFEST).read_text())
+
+    def verify(self) -> list[str]:
+        """What is wrong with the artifact's files against its manifest (sizes first, then sha256); [] if intact."""
+        folder = Path(self.path)
+        try:
+            manifest = self.manifest()
+        except (OSError, ValueError) as exc:
+            return [f"{folder / MANIFEST}: unreadable manifest ({exc})"]
+        problems = []
+        for entry in manifest_files(manifest):
+            path = folder / entry["name"]
+            try:
+                size = path.stat().st_size
+            except OSError:
+                problems.append(f"{path}: missing")
+                continue
+            if "bytes" in entry and size != entry["bytes"]:
+                problems.append(f"{path}: {size} bytes, the manifest says {entry['bytes']}")
+            elif file_sha256(path) != entry["sha256"]:
+                problems.append(f"{path}: content differs from the manifest's sha256")
+        return problems
 
     def files(self, table: str) -> list[str]:
         """Parquet files of one named table, in write order."""
@@ -134,21 +172,36 @@ class ArtifactWriter:
         """Where to write a non-table file (arrays, model state) that is committed with the artifact."""
         return self.tmp / name
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """A folder that outlives a killed writer (unlike `tmp`): a long stage saves its progress here and resumes
+        from it when the same artifact is built again. Removed once the artifact is committed."""
+        folder = self.store.root / "checkpoints" / self.stage / self.key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def stats(self, **values: Any) -> None:
         self.manifest["stats"].update(values)
 
     def commit(self) -> ArtifactRef:
         self.manifest["seconds"] = round(time.perf_counter() - self._started, 3)
         self.manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
+        hashed = {entry["name"]: entry["sha256"] for entry in manifest_files(self.manifest)}
+        self.manifest["files"] = [
+            {"name": name, "bytes": path.stat().st_size, "sha256": hashed.get(name) or file_sha256(path)}
+            for path in sorted(p for p in self.tmp.rglob("*") if p.is_file())
+            if (name := path.relative_to(self.tmp).as_posix()) != MANIFEST
+        ]
+        (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
         final = self.store.artifact_dir(self.stage, self.key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(self.tmp, final)
         except OSError:
-            if not (final / "manifest.json").is_file():
+            if not (final / MANIFEST).is_file():
                 raise
             shutil.rmtree(self.tmp, ignore_errors=True)  # another worker finished the same artifact first
+        shutil.rmtree(self.store.root / "checkpoints" / self.stage / self.key, ignore_errors=True)
         return ArtifactRef(self.stage, self.key, str(final))
 
     def abort(self) -> None:
@@ -175,8 +228,34 @@ class ArtifactStore:
         return self.root / "artifacts" / stage / key
 
     def get(self, stage: str, key: str) -> ArtifactRef | None:
+        """The finished artifact, verified against its manifest; None if absent or damaged (then moved aside)."""
         folder = self.artifact_dir(stage, key)
-        return ArtifactRef(stage, key, str(folder)) if (folder / "manifest.json").is_file() else None
+        if not folder.exists():
+            return None
+        ref = ArtifactRef(stage, key, str(folder))
+        if problems := ref.verify():
+            moved = self.quarantine(ref, problems)
+            log.warning("damaged artifact %s/%s moved to %s and rebuilt: %s", stage, key, moved, "; ".join(problems))
+            return None
+        return ref
+
+    def artifacts(self) -> list[ArtifactRef]:
+        """Every artifact folder in the store, finished or not."""
+        return [ArtifactRef(folder.parent.name, folder.name, str(folder))
+                for folder in sorted((self.root / "artifacts").glob("*/*")) if folder.is_dir()]
+
+    def quarantine(self, ref: ArtifactRef, problems: list[str]) -> Path:
+        """Move a damaged artifact out of the store (kept for inspection, never deleted), with a note of why."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.root / "quarantine" / ref.stage / f"{ref.key}-{stamp}-{uuid.uuid4().hex[:6]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(ref.path, target)
+        except FileNotFoundError:  # another worker moved it first
+            return target
+        (target / "DAMAGE.json").write_text(json.dumps({"artifact": f"{ref.stage}/{ref.key}", "problems": problems,
+                                                        "quarantined_at": stamp}, indent=2))
+        return target
 
     def writer(self, stage: str, key: str, inputs: list[str], config: dict, code: str) -> ArtifactWriter:
         return ArtifactWriter(self, stage, key, inputs, config, code)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
-import re
+import shutil
 from pathlib import Path
 
+from selectflow.ingest import reason_kind
 from selectflow.lineage import FILTER_STAGES, PRIMARY_SELECTIONS, SELECTION_STAGES
 from selectflow.runs import RunRecord
 from selectflow.store import ArtifactRef, ArtifactStore
 
-_DIGITS = re.compile(r"(?<=\s)\d+")  # counts and offsets, not the 8 of UTF-8
+FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS)
 
 
 def ingest_metrics(refs: list[ArtifactRef]) -> dict[str, float]:
@@ -21,15 +23,18 @@ def ingest_metrics(refs: list[ArtifactRef]) -> dict[str, float]:
         "docs_out": sum(s["docs"] for s in stats),
         "quarantined": sum(s["quarantined"] for s in stats),
         "text_bytes": sum(s["text_bytes"] for s in stats),
+        "skipped_links": sum(s.get("skipped_links", 0) for s in stats),
     }
 
 
 def quarantine_reasons(refs: list[ArtifactRef]) -> dict[str, int]:
+    """Quarantined records by kind of problem (`reason_kind`), most frequent first."""
     counts: collections.Counter[str] = collections.Counter()
     for ref in refs:
         if ref.files("quarantine"):
             reasons = ref.read("quarantine", columns=["reason"])["reason"]
-            counts.update(_DIGITS.sub("N", reason.split(":")[0]) for reason in reasons.to_pylist())
+            for entry in reasons.value_counts().to_pylist():
+                counts[reason_kind(entry["values"])] += entry["counts"]
     return dict(counts.most_common())
 
 
@@ -57,6 +62,7 @@ def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) 
         "stages": rows,
         "quarantine": {"count": ingest["quarantined"], "reasons": quarantine_reasons(ingested),
                        "tables": [f for ref in ingested for f in ref.files("quarantine")]},
+        "skipped_links": ingest["skipped_links"],
         "outputs": str(outputs[result]),
         "subsets": {stage: str(folder) for stage, folder in outputs.items() if stage != "deduped"},
         "deduped": str(outputs["deduped"]),
@@ -67,18 +73,27 @@ def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) 
 
 
 def publish(run: RunRecord, stage: str, store: ArtifactStore) -> Path:
-    """Expose a stage's shards as `<workspace>/outputs/<run>/<stage>/part-NNNNN.parquet` (hard links, no copy)."""
+    """Copy a stage's shards to `<workspace>/outputs/<run>/<stage>/part-NNNNN.parquet`.
+
+    Copies (reflinks where the filesystem shares blocks copy-on-write), never links: editing an output must not
+    change the store, which later runs reuse."""
     folder = store.root.parent / "outputs" / run.run_id / stage
     folder.mkdir(parents=True, exist_ok=True)
     files = [f for ref in run.refs(stage) for f in ref.files("docs")]
     for index, source in enumerate(files):
-        target = folder / f"part-{index:05d}.parquet"
-        if not target.exists():
-            try:
-                os.link(source, target)
-            except OSError:  # another filesystem: fall back to a symlink
-                target.symlink_to(source)
+        copy_file(Path(source), folder / f"part-{index:05d}.parquet")
     return folder
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """An independent copy of `source` at `target`, written to a temporary name first (a kill leaves no half file)."""
+    partial = target.with_name(f".{target.name}.partial")
+    with open(source, "rb") as src, open(partial, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        except OSError:  # no reflinks here (ext4, tmpfs, another filesystem): a plain copy
+            shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(partial, target)
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:

@@ -9,7 +9,9 @@ import warnings
 from pathlib import Path
 
 from selectflow.config import TrackingConfig
+from selectflow.stopping import is_interruption
 from selectflow.store import ArtifactRef
+from selectflow.workspace import setup_lock
 
 
 def tracking_uri(cfg: TrackingConfig, workspace: Path) -> str:
@@ -25,22 +27,37 @@ class Tracker:
         self.mlflow = mlflow
         self.uri = tracking_uri(cfg, workspace)
         mlflow.set_tracking_uri(self.uri)
-        experiment = mlflow.get_experiment_by_name(cfg.experiment)
-        if experiment is None:
-            # With our own SQLite store, keep artifacts in the workspace too (MLflow's default is ./mlruns of cwd).
-            location = (workspace / "mlruns").as_uri() if self.uri.startswith("sqlite:///") else None
-            experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
+        # The first use of a SQLite store creates and migrates it: two processes doing that at once break it.
+        database = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        with setup_lock(database.with_name(database.name + ".lock")) if database else contextlib.nullcontext():
+            experiment = mlflow.get_experiment_by_name(cfg.experiment)
+            if experiment is None:
+                # With our own SQLite store, keep artifacts in the workspace too (MLflow's default is ./mlruns of cwd).
+                location = (workspace / "mlruns").as_uri() if database else None
+                experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
         self.experiment_id = experiment_id
         self.parent_id: str | None = None
+
+    def mark_killed(self, run_ids: list[str]) -> None:
+        """End MLflow runs whose process was killed (they would say RUNNING forever) as KILLED."""
+        client = self.mlflow.MlflowClient(self.uri)
+        for run_id in run_ids:
+            with contextlib.suppress(self.mlflow.exceptions.MlflowException):
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, "KILLED")
 
     @contextlib.contextmanager
     def run(self, run_name: str | None, tags: dict[str, str], params: dict):
         with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags) as run:
             self.parent_id = run.info.run_id
             self.mlflow.log_params(_flatten(params))
-            yield run
+            try:
+                yield run
+            except BaseException as exc:
+                self.mlflow.end_run("KILLED" if is_interruption(exc) else "FAILED")
+                raise
 
     def stage(
         self,

@@ -1,45 +1,24 @@
-"""What every selectflow task shares: a content-derived cache key and access to the Dask cluster."""
+"""What every selectflow task shares: the artifact store as its only cache, and access to the Dask cluster."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from pathlib import Path
 
-from pydantic import BaseModel
+from prefect.cache_policies import NO_CACHE
 
-from selectflow.store import package_code_version, stable_hash
-
-
-def _jsonable(value):
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def content_cache_key(context, parameters: dict) -> str:
-    """Key = task name + its inputs (file fingerprints, shard hashes, artifact keys, config) + code version.
-
-    Inputs identify content, not runs, so a re-run, or a scheduled run over a grown corpus, skips every shard whose
-    content and config are unchanged.
-    """
-    params = {name: _jsonable(value) for name, value in parameters.items()}
-    return stable_hash(context.task.name, params, package_code_version(), size=20)
-
-
-# Task options of every task that produces an artifact: skipped when its inputs, config and code are unchanged.
-CACHED = {"cache_key_fn": content_cache_key, "persist_result": True}
+# Options of every task that produces an artifact. The artifact store is the only cache: a task always runs, and finds
+# its artifact in the store (verified against its manifest) when its inputs, config and code are unchanged. Prefect
+# neither caches nor persists task results, so nothing is pickled to disk and the two caches can never disagree.
+STORE_CACHED = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @contextlib.contextmanager
 def dask_client():
-    """The cluster's client when running on a Dask worker (DaskTaskRunner), else None (thread pool, tests)."""
+    """The cluster's client when running on a Dask worker (DaskTaskRunner), else None (thread pool, tests).
+
+    The task's thread secedes from the worker's thread pool while it waits on the work it submits, and rejoins after:
+    otherwise, with one thread per worker, the waiting task holds the only thread its own sub-tasks could run on.
+    """
     try:
         from distributed import get_worker
 
@@ -47,9 +26,9 @@ def dask_client():
     except (ImportError, ValueError):
         yield None
         return
-    from prefect_dask import get_dask_client
+    from distributed import worker_client
 
-    with get_dask_client() as client:
+    with worker_client() as client:
         yield client
 
 

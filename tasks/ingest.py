@@ -6,10 +6,10 @@ from selectflow.config import IngestConfig
 from selectflow.ingest import InputFile
 from selectflow.stages.ingest import ingest_file
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import content_cache_key
+from tasks.common import STORE_CACHED
 
 
-@task(name="ingest-file", cache_key_fn=content_cache_key, persist_result=True, task_run_name="ingest {file.uri}")
+@task(name="ingest-file", **STORE_CACHED, task_run_name="ingest {file.uri}")
 def ingested_shards(workspace: str, file: InputFile, cfg: IngestConfig) -> ArtifactRef:
     """Read one input into Parquet document shards and its quarantine table."""
     return ingest_file(ArtifactStore(workspace), file, cfg)

@@ -6,20 +6,20 @@ from prefect import task
 from selectflow.config import ProbeConfig
 from selectflow.stages.probe import full_pool_stage, probe_stage
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import CACHED
+from tasks.common import STORE_CACHED
 
 
 def _docs(refs: list[ArtifactRef]) -> pa.Table | None:
     return pa.concat_tables([ref.read("docs") for ref in refs]) if refs else None
 
 
-@task(name="full-pool-sample", **CACHED)
+@task(name="full-pool-sample", **STORE_CACHED)
 def full_pool_sample(workspace: str, pool: list[ArtifactRef], cfg: ProbeConfig) -> ArtifactRef:
     """The deduplicated pool sampled to the probe's token budget: the 'no selection' point of comparison."""
     return full_pool_stage(ArtifactStore(workspace), pool, cfg)
 
 
-@task(name="probe-training", **CACHED, task_run_name="probe {name}")
+@task(name="probe-training", **STORE_CACHED, task_run_name="probe {name}")
 def probe_training(
     workspace: str,
     name: str,

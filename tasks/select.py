@@ -8,10 +8,10 @@ from selectflow.config import InfluenceConfig, QuadConfig, ZipConfig
 from selectflow.stages.select_quad import select_quad_stage, select_random_stage, select_topk_stage
 from selectflow.stages.select_zip import zip_stage
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import CACHED
+from tasks.common import STORE_CACHED
 
 
-@task(name="zip-selection", **CACHED)
+@task(name="zip-selection", **STORE_CACHED)
 def zip_selection(
     workspace: str, pool: list[ArtifactRef], cfg: ZipConfig, semantic_dedup: ArtifactRef | None = None
 ) -> ArtifactRef:
@@ -28,7 +28,7 @@ def zip_selection(
     return zip_stage(ArtifactStore(workspace), pool, cfg, progress=report, clusters=semantic_dedup)
 
 
-@task(name="quad-selection", **CACHED)
+@task(name="quad-selection", **STORE_CACHED)
 def quad_selection(
     workspace: str,
     pool: list[ArtifactRef],
@@ -48,7 +48,7 @@ def quad_selection(
     return select_quad_stage(ArtifactStore(workspace), pool, clusters, influence, cfg, influence_cfg, progress=report)
 
 
-@task(name="random-baseline", **CACHED)
+@task(name="random-baseline", **STORE_CACHED)
 def random_selection(
     workspace: str, pool: list[ArtifactRef], clusters: ArtifactRef | None, budget: QuadConfig, seed: int
 ) -> ArtifactRef:
@@ -56,7 +56,7 @@ def random_selection(
     return select_random_stage(ArtifactStore(workspace), pool, clusters, budget, seed)
 
 
-@task(name="topk-baseline", **CACHED)
+@task(name="topk-baseline", **STORE_CACHED)
 def topk_selection(
     workspace: str,
     pool: list[ArtifactRef],

@@ -179,15 +179,16 @@ def test_document_score_is_mean_of_its_chunk_scores(world):
     assert scores[4] == 0.0
 
 
-def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
-    cfg = exact_cfg(projection_dim=8, normalize=True, curvature_samples=64)
+@pytest.mark.parametrize("projection_dim", [8, None])  # None: exact, the projections are identities
+def test_save_load_round_trip_gives_identical_scores(world, tmp_path, projection_dim):
+    cfg = exact_cfg(projection_dim=projection_dim, normalize=True, curvature_samples=64)
     scorer = InfluenceScorer(cfg, model=world["model"]).fit_token_ids(world["reference"][:96])
     docs = world["docs_a"][:5] + world["docs_b"][:5]
-    scorer.save(tmp_path / "state.pt")
-    loaded = InfluenceScorer.load(tmp_path / "state.pt", cfg.model_copy(update={"batch_size": 3}), world["model"])
+    scorer.save(tmp_path / "state.safetensors")
+    loaded = InfluenceScorer.load(tmp_path / "state.safetensors", cfg.model_copy(update={"batch_size": 3}), world["model"])
     np.testing.assert_array_equal(loaded.score_token_ids(docs), scorer.score_token_ids(docs))
-    with pytest.raises(InfluenceError, match="projection_dim: fitted 8, now 16"):
-        InfluenceScorer.load(tmp_path / "state.pt", cfg.model_copy(update={"projection_dim": 16}), world["model"])
+    with pytest.raises(InfluenceError, match=f"projection_dim: fitted {projection_dim}, now 16"):
+        InfluenceScorer.load(tmp_path / "state.safetensors", cfg.model_copy(update={"projection_dim": 16}), world["model"])
 
 
 def test_bfloat16_autocast_agrees_with_float32(world):

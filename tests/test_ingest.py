@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import json
+import logging
 import os
 import uuid
 
@@ -16,8 +18,20 @@ import zstandard
 
 import selectflow.ingest.sources as sources
 from selectflow.config import IngestConfig
-from selectflow.ingest import MODULES, IngestError, InputFile, canonical_uri, format_of, plan_inputs, read_input
+from selectflow.ingest import (
+    MODULES,
+    IngestError,
+    InputFile,
+    canonical_uri,
+    format_of,
+    plan_inputs,
+    read_input,
+    reason_kind,
+)
 from selectflow.schema import DOCS, QUARANTINE
+from selectflow.stages.ingest import ingest_file
+from selectflow.store import ArtifactStore
+from selectflow.summary import quarantine_reasons
 from selectflow.text import content_hash, doc_id
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -503,13 +517,29 @@ def test_oversized_record_is_quarantined_and_streaming_continues(tmp_path):
     lines = [json.dumps({"text": "before"}), huge, json.dumps({"text": "after"}), huge[:-2]]
     path = tmp_path / "big.jsonl.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
-    _, docs, quarantine, _ = run(config(path))
+    _, docs, quarantine, _ = run(config(path, max_record_bytes=2_000_000))
     assert [(d["line"], d["text"]) for d in docs] == [(1, "before"), (3, "after")]
     assert [(q["line"], q["reason"]) for q in quarantine] == [
         (2, f"record is 3.1 MB ({len(huge)} bytes) > max_record_bytes 2 MB (2000000 bytes)"),
         (4, f"record is 3.1 MB ({len(huge) - 2} bytes) > max_record_bytes 2 MB (2000000 bytes)"),
     ]
     assert quarantine[0]["raw"] == huge[:500]
+
+
+def test_default_max_record_bytes_keeps_long_real_documents(tmp_path):
+    # Debian's copyright file of the Boost packages is 2.05 MB (4 packages ship it); an API reference in one HTML
+    # file 8.4 MB; a license bundle 15.3 MB. The old 2 MB default quarantined the first.
+    assert IngestConfig.model_fields["max_record_bytes"].default == 32 * 2**20
+    copyright_text = "Copyright (c) Boost contributors. Distributed under the Boost Software License.\n" * 26_000
+    (tmp_path / "texts").mkdir()
+    for package in ("filesystem", "iostreams", "program-options", "regex"):
+        (tmp_path / "texts" / f"{package}.txt").write_text(copyright_text)
+    reference = {"text": "<p>API reference</p>\n" * 400_000}
+    (tmp_path / "reference.jsonl").write_bytes(jsonl_bytes([reference]))
+    assert len(copyright_text) > 2_000_000 and (tmp_path / "reference.jsonl").stat().st_size > 8_000_000
+    _, docs, quarantine, _ = run(config(tmp_path / "texts", tmp_path / "reference.jsonl"))
+    assert quarantine == []
+    assert [len(d["text"]) for d in docs] == [len(copyright_text)] * 4 + [len(reference["text"])]
 
 
 def test_small_max_record_bytes_boundary(tmp_path):
@@ -567,6 +597,221 @@ def test_truncated_compressed_text_file(tmp_path):
     _, docs, quarantine, _ = run(config({"path": str(root), "text_glob": "*"}))
     assert [d["text"] for d in docs] == ["fine"]
     assert quarantine[0]["source"].endswith("a.txt.gz") and quarantine[0]["reason"].startswith("read error")
+
+
+def write_bad_inputs(root) -> IngestConfig:
+    """Inputs that produce every kind of quarantine reason the readers write (see `test_reason_kinds`)."""
+    root.mkdir()
+    lines = [
+        b'{"text": "a" "b"}',
+        b'{"text": ',
+        b"[" * 1_900 + b"]" * 1_900,  # deeper than the recursion limit, smaller than max_record_bytes
+        b'{"body": "no text field"}',
+        b'{"text": 42}',
+        b'{"text": "   "}',
+        b'{"text": "caf\xe9 au lait"}',
+        b'["text", "list"]',
+        b'{"text": "nul\\u0000byte"}',
+        b'{"text": "lone \\ud800 surrogate"}',
+        b'{"text": "fine", "other": "\\udfff"}',
+        b'{"text": "ab"}',
+        json.dumps({"text": "x" * 5000}).encode(),
+        json.dumps({"text": "y" * 7000}).encode(),
+    ]
+    (root / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    turns = [
+        [{"from": "human", "value": "hello there"}, {"from": "gpt"}],
+        [{"from": "human"}],
+        [{"value": "who is speaking"}],
+        [{"from": "human", "value": 7}],
+        ["just a string"],
+    ]
+    (root / "chat.jsonl").write_bytes(jsonl_bytes([{"conversations": t} for t in turns]))
+    (root / "dotted.jsonl").write_bytes(jsonl_bytes([{"data": ["an", "array"]}, {"data": {}}]))
+    (root / "texts").mkdir()
+    (root / "texts" / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (root / "texts" / "nul.txt").write_text("a\x00b")
+    (root / "texts" / "big.txt").write_text("z" * 5000)
+    (root / "texts" / "cut.txt.gz").write_bytes(gzip.compress(os.urandom(3000).hex().encode())[:2000])
+    (root / "bad.parquet").write_bytes(b"this is not parquet at all")
+    return config(
+        root / "bad.jsonl",
+        {"path": str(root / "chat.jsonl"), "chat": {}},
+        {"path": str(root / "dotted.jsonl"), "text_field": "data.body"},
+        {"path": str(root / "texts"), "text_glob": "*"},
+        root / "bad.parquet",
+        max_record_bytes=4000,
+        min_text_chars=3,
+    )
+
+
+BAD_INPUT_KINDS = {
+    "malformed JSON": 3,
+    "field 'text' missing": 1,
+    "field 'text' is int, expected string": 1,
+    "empty text": 1,
+    "not valid UTF-8": 2,
+    "record is a JSON array, expected an object": 1,
+    "text contains NUL": 2,
+    "text contains a lone surrogate": 1,
+    "record contains a lone surrogate": 1,
+    "text too short": 1,
+    "record too large": 3,
+    "conversations[i] has no 'value'": 2,
+    "conversations[i] has no 'from'": 1,
+    "conversations[i].value is int, expected string": 1,
+    "conversations[i] is string, expected object": 1,
+    "field 'data.body' missing": 2,
+    "read error": 2,
+}
+
+
+def test_reason_kinds_of_every_reason_the_readers_write(tmp_path):
+    _, docs, quarantine, _ = run(write_bad_inputs(tmp_path / "in"))
+    assert docs == []
+    reasons = [q["reason"] for q in quarantine]
+    kinds = {kind: sum(reason_kind(r) == kind for r in reasons) for kind in map(reason_kind, reasons)}
+    assert kinds == BAD_INPUT_KINDS
+    assert reason_kind("not valid UTF-8 at byte 13") == reason_kind("not valid UTF-8 at byte 3 (the file is ...)")
+
+
+@pytest.mark.parametrize(
+    "reason, kind",
+    [
+        ("row cannot be written as JSON: Circular reference detected", "row cannot be written as JSON"),
+        ("record nested too deeply", "record nested too deeply"),
+        ("read error: not readable as Parquet: Parquet magic bytes not found\nin footer", "read error"),
+        ("field 'conversations' is an empty array", "field 'conversations' is an empty array"),
+        ("field 'turns2' is string, expected array", "field 'turns2' is string, expected array"),
+        ("turns2[10].from is null, expected string", "turns2[i].from is null, expected string"),
+        ("record is 2.1 MB (2050085 bytes) > max_record_bytes 2 MB (2000000 bytes)", "record too large"),
+    ],
+)
+def test_reason_kind_of_reasons_hard_to_provoke(reason, kind):
+    assert reason_kind(reason) == kind
+
+
+def test_summary_counts_quarantine_by_kind(tmp_path):
+    cfg = write_bad_inputs(tmp_path / "in")
+    store = ArtifactStore(tmp_path / "store")
+    refs = [ingest_file(store, unit, cfg) for unit in plan_inputs(cfg)]
+    counts = quarantine_reasons(refs)
+    assert counts == BAD_INPUT_KINDS
+    assert list(counts.values()) == sorted(counts.values(), reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------- symlinks
+
+
+def link_farm(tmp_path):
+    """A text directory with regular files, and links: to a file outside, to a directory outside, dangling, and
+    back to the directory itself (a loop)."""
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.txt").write_text("outside secret")
+    (outside / "deep" / "x.txt").write_text("outside deep")
+    root = tmp_path / "texts"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("regular a")
+    (root / "sub" / "b.txt").write_text("regular b")
+    (root / "passwd.txt").symlink_to(outside / "secret.txt")
+    (root / "notes.md").symlink_to(outside / "secret.txt")  # not matched by text_glob: not reported
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    return root
+
+
+def uris(root, *names) -> tuple[str, ...]:
+    return tuple(uri(root / name) for name in names)
+
+
+def test_symlinks_in_a_directory_are_skipped_and_reported(tmp_path, caplog):
+    root = link_farm(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="selectflow.ingest.sources"):
+        units, docs, quarantine, _ = run(config(root))
+    (unit,) = units
+    assert unit.members == uris(root, "a.txt", "sub/b.txt")
+    assert [d["text"] for d in docs] == ["regular a", "regular b"] and quarantine == []
+    assert unit.skipped_links == uris(root, "dangling.txt", "linked", "passwd.txt", "sub/loop")
+    assert "skipped 4 symlink(s)" in caplog.text and "set follow_symlinks: true" in caplog.text
+
+
+def test_follow_symlinks_reads_through_links_without_looping(tmp_path, caplog):
+    root = link_farm(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="selectflow.ingest.sources"):
+        units, docs, _, _ = run(config({"path": str(root), "follow_symlinks": True}))
+    (unit,) = units
+    names = ["a.txt", "linked/deep/x.txt", "linked/secret.txt", "passwd.txt", "sub/b.txt"]
+    assert unit.members == uris(root, *names)
+    assert [d["text"] for d in docs] == ["regular a", "outside deep", "outside secret", "outside secret", "regular b"]
+    assert unit.skipped_links == uris(root, "dangling.txt", "sub/loop")
+    assert "skipped 2 symlink(s) that dangle or loop" in caplog.text
+
+
+def test_symlinks_do_not_change_the_units_of_regular_files(tmp_path):
+    texts, data = tmp_path / "texts", tmp_path / "data"
+    texts.mkdir()
+    data.mkdir()
+    (texts / "a.txt").write_text("a")
+    for name in ("b.jsonl", "c.jsonl"):
+        (data / name).write_bytes(jsonl_bytes([{"text": name}]))
+    before = plan_inputs(config(texts, data))
+    (texts / "z.txt").symlink_to(texts / "a.txt")
+    (data / "a.jsonl").symlink_to(data / "b.jsonl")
+    after = plan_inputs(config(texts, data))
+    assert [dataclasses.replace(unit, skipped_links=()) for unit in after] == before
+    assert [unit.skipped_links for unit in after] == [uris(texts, "z.txt"), uris(data, "a.jsonl"), ()]
+
+
+def test_a_symlink_named_by_the_input_is_read(tmp_path):
+    root = link_farm(tmp_path)
+    units, docs, _, _ = run(config(root / "passwd.txt", root / "linked"))
+    assert [(u.format, u.uri, u.skipped_links) for u in units] == [
+        ("text", uri(root / "passwd.txt"), ()),
+        ("textdir", uri(root / "linked"), ()),
+    ]
+    assert [d["text"] for d in docs] == ["outside secret", "outside deep", "outside secret"]
+
+
+def test_globs_skip_symlinks_unless_followed(tmp_path):
+    root = link_farm(tmp_path)
+    (unit,) = plan_inputs(config(root / "*.txt"))
+    assert unit.members == uris(root, "a.txt")
+    assert unit.skipped_links == uris(root, "dangling.txt", "passwd.txt")
+    (unit,) = plan_inputs(config(root / "**" / "*.txt"))
+    assert unit.members == uris(root, "a.txt", "sub/b.txt")
+    assert unit.skipped_links == uris(root, "dangling.txt", "linked", "passwd.txt", "sub/loop")
+    (unit,) = plan_inputs(config({"path": str(root / "**" / "*.txt"), "follow_symlinks": True}))
+    assert unit.members == uris(root, "a.txt", "linked/deep/x.txt", "linked/secret.txt", "passwd.txt", "sub/b.txt")
+
+
+def test_only_symlinks_found_says_how_to_read_them(tmp_path):
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"  # the layout of a Hugging Face cache
+    blobs.mkdir()
+    snapshot.mkdir()
+    (blobs / "8f3a").write_bytes(jsonl_bytes([{"text": "behind a link"}]))
+    (snapshot / "train.jsonl").symlink_to(blobs / "8f3a")
+    follow = r"skipped 1 symlink\(s\) \(.*train\.jsonl\); set follow_symlinks: true"
+    with pytest.raises(IngestError, match=rf"snapshot.*no files matching text_glob.*{follow}"):
+        plan_inputs(config(snapshot))
+    with pytest.raises(IngestError, match=rf"glob matched no files.*{follow}"):
+        plan_inputs(config(snapshot / "*.jsonl"))
+    units, docs, _, _ = run(config({"path": str(snapshot), "follow_symlinks": True}))
+    assert [(u.uri, u.format) for u in units] == [(uri(snapshot / "train.jsonl"), "jsonl")]
+    assert [d["text"] for d in docs] == ["behind a link"]
+
+
+def test_ingest_stats_count_skipped_links(tmp_path):
+    root = link_farm(tmp_path)
+    store = ArtifactStore(tmp_path / "store")
+    cfg = config(root)
+    (unit,) = plan_inputs(cfg)
+    stats = ingest_file(store, unit, cfg).manifest()["stats"]
+    assert (stats["docs"], stats["skipped_links"]) == (2, 4)
+    (root / "another.txt").symlink_to(root / "a.txt")  # same members: the artifact must still not be reused
+    (unit,) = plan_inputs(cfg)
+    assert ingest_file(store, unit, cfg).manifest()["stats"]["skipped_links"] == 5
 
 
 # ---------------------------------------------------------------------------------------------- batching, ids

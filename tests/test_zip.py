@@ -13,6 +13,7 @@ from conftest import sample_records
 from selectflow.compression import set_ratio
 from selectflow.schema import DOCS
 from selectflow.select import DECISIONS_SCHEMA, ZipConfig, ZipError, record_repr, zip_select
+from selectflow.select.zip import ZipCheckpoint
 
 _spec = importlib.util.spec_from_file_location("zip_naive", Path(__file__).parents[1] / "bench" / "zip" / "naive.py")
 naive = importlib.util.module_from_spec(_spec)
@@ -153,3 +154,94 @@ def test_zstd_mode_less_redundant_than_exact(docs):
     assert zstd.decisions.num_rows == docs.num_rows
     assert zstd.final_ratio["zstd"] <= exact.final_ratio["zstd"]
     assert all(r["marginal_bytes"] > 0 for r in zstd.decisions.to_pylist() if r["selected"])
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+
+class Killed(Exception):
+    """Stands for the process being killed right after a round's checkpoint was saved."""
+
+
+def _kill_after(rounds: int):
+    def progress(done: int, info: dict) -> None:
+        if done == rounds:
+            raise Killed
+
+    return progress
+
+
+def _same_result(resumed, fresh) -> None:
+    def rounds(result):  # timings aside, the rounds' records must match
+        return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in result.rounds]
+
+    assert resumed.selected == fresh.selected
+    assert resumed.decisions.equals(fresh.decisions)
+    assert rounds(resumed) == rounds(fresh)
+    assert resumed.stopped == fresh.stopped and resumed.final_ratio == fresh.final_ratio
+
+
+RESUME_CONFIGS = [
+    ZipConfig(k1=60, k2=20, k3=10, budget=50),
+    ZipConfig(k1=60, k2=20, k3=10, budget=50, mode="zstd"),
+    ZipConfig(k1=60, k2=20, k3=10, budget=4000, budget_unit="tokens"),
+    ZipConfig(k1=60, k2=20, k3=10, budget=4000, budget_unit="tokens", mode="zstd"),
+]
+
+
+@pytest.mark.parametrize("cfg", RESUME_CONFIGS, ids=lambda c: f"{c.mode}-{c.budget_unit}")
+def test_killed_run_resumes_from_last_finished_round(docs, cfg, tmp_path):
+    fresh = zip_select(docs, cfg)
+    checkpoint = ZipCheckpoint(tmp_path)
+    with pytest.raises(Killed):
+        zip_select(docs, cfg, progress=_kill_after(2), checkpoint=checkpoint)
+    assert len(fresh.rounds) >= 4 and checkpoint.load().rounds[-1]["round"] == 1
+    ran = []
+    resumed = zip_select(docs, cfg, progress=lambda done, info: ran.append(done), checkpoint=checkpoint)
+    assert resumed.resumed_from_round == 2 and fresh.resumed_from_round == 0
+    assert ran == list(range(3, len(fresh.rounds) + 1))  # only the rounds after the second were run again
+    _same_result(resumed, fresh)
+
+
+def test_damaged_or_foreign_checkpoint_is_ignored_with_a_warning(docs, tmp_path, caplog):
+    cfg = RESUME_CONFIGS[0]
+    fresh = zip_select(docs, cfg)
+    checkpoint = ZipCheckpoint(tmp_path)
+    with pytest.raises(Killed):
+        zip_select(docs, cfg, progress=_kill_after(2), checkpoint=checkpoint)
+    whole = checkpoint.path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"not an npz at all", b""):
+        checkpoint.path.write_bytes(damaged)
+        caplog.clear()
+        result = zip_select(docs, cfg, checkpoint=checkpoint)
+        assert result.resumed_from_round == 0
+        assert str(checkpoint.path) in caplog.text and "unreadable" in caplog.text
+        _same_result(result, fresh)
+    # a readable checkpoint saved for another config
+    other = cfg.model_copy(update={"k2": 30})
+    with pytest.raises(Killed):
+        zip_select(docs, other, progress=_kill_after(2), checkpoint=checkpoint)
+    caplog.clear()
+    result = zip_select(docs, cfg, checkpoint=checkpoint)
+    assert result.resumed_from_round == 0 and "another pool or config" in caplog.text
+    _same_result(result, fresh)
+    assert [p.name for p in tmp_path.iterdir()] == [ZipCheckpoint.FILE]  # no temporary files left behind
+
+
+def test_killed_stage_resumes_and_commit_removes_its_checkpoint(docs, tmp_path):
+    from selectflow.stages.select_zip import zip_stage
+    from selectflow.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    pool = [store.build("pool", {}, [], "test", lambda writer: writer.write("docs", docs))]
+    cfg = RESUME_CONFIGS[0]
+    with pytest.raises(Killed):
+        zip_stage(store, pool, cfg, progress=_kill_after(2))
+    checkpoints = store.root / "checkpoints" / "select_zip"
+    assert len(list(checkpoints.glob(f"*/{ZipCheckpoint.FILE}"))) == 1
+    ran = []
+    ref = zip_stage(store, pool, cfg, progress=lambda done, info: ran.append(done))
+    stats = ref.manifest()["stats"]
+    assert stats["resumed_from_round"] == 2 and stats["rounds"] == 5 and ran == [3, 4, 5]
+    assert ref.read("docs")["doc_id"].to_pylist() == zip_select(docs, cfg).selected
+    assert not (checkpoints / ref.key).exists()

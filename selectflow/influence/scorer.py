@@ -24,6 +24,7 @@ correction on the same chunks, (3) the reference vectors over all reference chun
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from selectflow.config import InfluenceConfig
@@ -46,7 +49,7 @@ from selectflow.influence.model import (
 )
 from selectflow.influence.projection import KroneckerProjection
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: safetensors (1 was a torch pickle)
 # Fields that change what the fitted reference vector means; the others only change how documents are read/run.
 FIT_FIELDS = ("model_path", "layers", "projection_dim", "normalize", "damping", "curvature_samples",
               "reference_samples", "seed")
@@ -343,35 +346,39 @@ class InfluenceScorer:
         """Save what scoring needs: the reference vector, layer names, projections and fit config/stats."""
         if self.reference is None:
             raise InfluenceError("nothing to save: fit the scorer first")
-        torch.save({
-            "format": STATE_FORMAT,
-            "config": self.cfg.model_dump(),
-            "layers": list(self.layers),
-            "projections": {n: (p.p_a, p.p_g) for n, p in ((n, p.to(torch.device("cpu")))
-                                                           for n, p in self.projections.items())},
-            "reference": self.reference.cpu(),
-            "stats": self.stats,
-        }, path)
+        tensors = {"reference": self.reference.cpu().contiguous()}
+        for name, projection in self.projections.items():  # a side left out is the identity (None)
+            for side, matrix in (("a", projection.p_a), ("g", projection.p_g)):
+                if matrix is not None:
+                    tensors[f"projection.{name}.{side}"] = matrix.cpu().contiguous()
+        metadata = {"format": STATE_FORMAT, "config": self.cfg.model_dump(mode="json"), "layers": list(self.layers),
+                    "projected_layers": list(self.projections), "stats": self.stats}
+        # safetensors: tensors plus JSON text, nothing that runs code when loaded
+        save_file(tensors, str(path), metadata={"selectflow": json.dumps(metadata, default=str)})
 
     @classmethod
     def load(cls, path: str | Path, cfg: InfluenceConfig, model: nn.Module | None = None,
              tokenizer: Any = None) -> InfluenceScorer:
         """A fitted scorer from `save`; `cfg` may change how documents are read (max_tokens, batch_size, device...)
         but not what the reference vector means (FIT_FIELDS)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with safe_open(str(path), framework="pt") as handle:
+            state = json.loads(handle.metadata()["selectflow"])
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         if state.get("format") != STATE_FORMAT:
             raise InfluenceError(f"{path}: influence state format {state.get('format')} != {STATE_FORMAT}; refit it")
         fitted = state["config"]
-        changed = [f"{field}: fitted {fitted[field]!r}, now {getattr(cfg, field)!r}"
-                   for field in FIT_FIELDS if fitted[field] != getattr(cfg, field)]
+        now = cfg.model_dump(mode="json")
+        changed = [f"{field}: fitted {fitted[field]!r}, now {now[field]!r}"
+                   for field in FIT_FIELDS if fitted[field] != now[field]]
         if changed:
             raise InfluenceError(f"{path} was fitted with a different influence config ({'; '.join(changed)}); "
                                  "refit the reference or use the fitted values")
         scorer = cls(cfg, model, tokenizer)
         if list(scorer.layers) != state["layers"]:
             raise InfluenceError(f"{path}: the model's scored layers differ from the fitted ones; use the same model")
-        scorer.projections = {n: KroneckerProjection(p_a, p_g).to(scorer.device)
-                              for n, (p_a, p_g) in state["projections"].items()}
-        scorer.reference = state["reference"].to(scorer.device)
+        scorer.projections = {
+            n: KroneckerProjection(tensors.get(f"projection.{n}.a"), tensors.get(f"projection.{n}.g")).to(scorer.device)
+            for n in state["projected_layers"]}
+        scorer.reference = tensors["reference"].to(scorer.device)
         scorer.stats = state["stats"]
         return scorer

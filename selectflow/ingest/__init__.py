@@ -15,6 +15,12 @@ Work units (`InputFile`):
   "<dir uri>#part-00000", "#part-00001", ... (with one part the uri is the directory URI itself).
   `fingerprint` hashes every member's URI and content hash, so renaming, adding or editing a member changes it.
 
+Symlinks met while expanding a directory or glob are not followed unless the input sets `follow_symlinks`; the
+input's first unit lists them in `skipped_links` (the ingest stage counts them in its stats).
+
+Quarantine reasons are short and specific; `reason_kind(reason)` maps one to its kind for counting
+("record too large", "not valid UTF-8", "malformed JSON", ...).
+
 Rules for expanding paths: `selectflow.ingest.sources`. Per-format reading and the quarantine policy:
 `selectflow.ingest.readers`. Field mapping, chat rendering and reasons: `selectflow.ingest.records`.
 """
@@ -22,7 +28,7 @@ Rules for expanding paths: `selectflow.ingest.sources`. Per-format reading and t
 from selectflow import text as _text
 from selectflow.ingest import readers, records, sources
 from selectflow.ingest.readers import read_input
-from selectflow.ingest.records import RecordConverter, RecordError
+from selectflow.ingest.records import RecordConverter, RecordError, reason_kind
 from selectflow.ingest.sources import (
     TEXT_GROUP_MAX_BYTES,
     TEXT_GROUP_MAX_FILES,
@@ -50,4 +56,5 @@ __all__ = [
     "format_of",
     "plan_inputs",
     "read_input",
+    "reason_kind",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import re
 
 from selectflow.config import IngestConfig, InputSpec
 
@@ -60,6 +61,31 @@ def too_large_reason(size: int, limit: int) -> str:
 
 def utf8_error_reason(exc: UnicodeDecodeError) -> str:
     return f"not valid UTF-8 at byte {exc.start}"
+
+
+# Quarantine reason -> its kind, for counting: the reason without what differs from record to record (sizes,
+# offsets, turn numbers, the parser's message). Covers the reasons written here and in readers.py; a reason that
+# matches none of these is its own kind ("empty text", "field 'text' is int, expected string", ...).
+_REASON_KINDS = [
+    (re.compile(pattern, re.DOTALL), kind)
+    for pattern, kind in (
+        (r"record is .* > max_record_bytes .*", "record too large"),
+        (r"not valid UTF-8 at byte \d+.*", "not valid UTF-8"),
+        (r"(read error|malformed JSON|row cannot be written as JSON|text too short): .*", r"\1"),
+        (r"text contains NUL at char \d+", "text contains NUL"),
+        (r"(text|record) contains a lone surrogate .*", r"\1 contains a lone surrogate"),
+        (r"(field '.*' missing) \('.*' is \w+, expected object\)", r"\1"),
+        (r"(.*)\[\d+\]((?:\.from|\.value)? is \w+, expected \w+| has no '(?:from|value)')", r"\1[i]\2"),
+    )
+]
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of problem a quarantine reason names, e.g. "record too large" for "record is 2.1 MB (...) > ..."."""
+    for pattern, kind in _REASON_KINDS:
+        if match := pattern.fullmatch(reason):
+            return match.expand(kind)
+    return reason
 
 
 def raw_excerpt(raw) -> str:

@@ -18,6 +18,11 @@ Rules (see also the package docstring):
 * Text files found through a directory or a glob are grouped (see `InputFile`): one unit of format ``textdir``
   per directory/glob, split into parts of at most TEXT_GROUP_MAX_FILES files / TEXT_GROUP_MAX_BYTES bytes.
   A single text file named directly is a unit of format ``text``.
+* Symbolic links met while expanding a directory or glob (to files or to directories) are skipped unless the
+  spec sets ``follow_symlinks``; a path named by the spec itself is read even if it is a link. Skipped links are
+  logged and carried by the spec's first unit (`InputFile.skipped_links`), so the ingest stats count them once.
+  When following, a link back to a directory above it (a loop) or a dangling link is skipped the same way.
+  Followed files keep the URI of the link. Other filesystems than the local one have no symlinks.
 * Nothing found, a path that does not exist, a file that cannot be read, or one file selected by two inputs
   (its doc_ids would collide) raises `IngestError` at once, naming the input and what to change.
 
@@ -26,11 +31,14 @@ Units are ordered by input index, then by URI; group members are sorted by URI.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
+import os
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 from fsspec.core import has_magic
@@ -48,6 +56,9 @@ TEXT_GROUP_MAX_FILES = 2_000  # text files per textdir unit
 TEXT_GROUP_MAX_BYTES = 256 * 2**20  # bytes of text files per textdir unit (a single bigger file is its own part)
 HASH_BLOCK = 1 << 20
 HASH_THREADS = 8
+LINK_EXAMPLES = 3  # skipped links named in a warning or error
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(Exception):
@@ -66,6 +77,8 @@ class InputFile:
     fingerprint: blake2b-128 hex of the file's bytes; for textdir a blake2b over each member's URI and content hash.
     members: textdir only: the sorted URIs of the text files of the group; each is one document whose
         `source` is the member URI and `line` is 1. Empty for other formats.
+    skipped_links: sorted URIs of the symlinks that expanding the input skipped (see InputSpec.follow_symlinks);
+        only on the first unit of the input, so that they are counted once. Not part of the fingerprint.
     """
 
     uri: str
@@ -74,6 +87,7 @@ class InputFile:
     size: int
     fingerprint: str
     members: tuple[str, ...] = ()
+    skipped_links: tuple[str, ...] = ()
 
 
 def compression_of(name: str) -> str | None:
@@ -144,20 +158,15 @@ def _plan_spec(index: int, spec: InputSpec) -> list[InputFile]:
         raise IngestError(f"{where}: cannot access {fs.unstrip_protocol(path)}: {exc}") from exc
 
     text_base = None  # URI naming a text group
+    skipped: list[str] = []
     if is_dir:
-        files, text_files = _expand_directory(fs, path, spec, where)
+        files, text_files, skipped = _expand_directory(fs, path, spec, where)
         text_base = fs.unstrip_protocol(path).rstrip("/")
     elif exists:
         fmt = format_of(path) if spec.format == "auto" else spec.format
         files, text_files = ([], [path]) if fmt == "text" else ([(path, fmt)], [])
     elif has_magic(path):
-        try:
-            matches = fs.glob(path, detail=True)
-        except Exception as exc:
-            raise IngestError(f"{where}: cannot expand the glob: {exc}") from exc
-        names = sorted(name for name, info in matches.items() if info.get("type") != "directory")
-        if not names:
-            raise IngestError(f"{where}: the glob matched no files; fix the pattern or the path")
+        names, skipped = _expand_glob(fs, path, spec, where)
         files, text_files = [], []
         for name in names:
             fmt = format_of(name) if spec.format == "auto" else spec.format
@@ -169,6 +178,14 @@ def _plan_spec(index: int, spec: InputSpec) -> list[InputFile]:
             "fix the path (relative paths in a config file are relative to that file)"
         )
 
+    units = _units(fs, index, files, text_files, text_base, where)
+    if skipped:
+        log.warning("%s: %s", where, _skipped_note(skipped, spec))
+        units[0] = dataclasses.replace(units[0], skipped_links=tuple(_uri(fs, name) for name in skipped))
+    return units
+
+
+def _units(fs, index: int, files: list, text_files: list[str], text_base: str | None, where: str) -> list[InputFile]:
     every = [name for name, _ in files] + text_files
     with ThreadPoolExecutor(min(HASH_THREADS, max(1, len(every)))) as pool:
         hashed = dict(zip(every, pool.map(lambda name: _hash_file(fs, name, where), every)))
@@ -187,21 +204,55 @@ def _plan_spec(index: int, spec: InputSpec) -> list[InputFile]:
     return sorted(units, key=lambda unit: unit.uri)
 
 
+def _skipped_note(skipped: list[str], spec: InputSpec) -> str:
+    examples = ", ".join(skipped[:LINK_EXAMPLES]) + (", ..." if len(skipped) > LINK_EXAMPLES else "")
+    if spec.follow_symlinks:
+        return f"skipped {len(skipped)} symlink(s) that dangle or loop back to a directory above them ({examples})"
+    return (
+        f"skipped {len(skipped)} symlink(s) ({examples}); set follow_symlinks: true on this input to read through them"
+    )
+
+
 def _expand_directory(fs, path: str, spec: InputSpec, where: str):
+    """(files with their format, text files, skipped links) below a directory."""
     try:
-        found = fs.find(path, detail=True)
+        listing = _list_tree(fs, path, None, spec.follow_symlinks)
     except Exception as exc:
         raise IngestError(f"{where}: cannot list the directory: {exc}") from exc
-    names = sorted(name for name, info in found.items() if info.get("type") != "directory")
+    files, text_files = _select(listing.files, path, spec, where)
+    skipped = _skipped_links(listing, path, spec, where)
+    if not files and not text_files:
+        raise IngestError(_nothing_to_read(spec, where) + (f"; {_skipped_note(skipped, spec)}" if skipped else ""))
+    return files, text_files, skipped
+
+
+def _skipped_links(listing: _Listing, path: str, spec: InputSpec, where: str) -> list[str]:
+    """The links not followed that matter: those to directories, and those to files that would have been read."""
+    if not listing.file_links:
+        return listing.dir_links
+    files, text_files = _select(listing.files + listing.file_links, path, spec, where)
+    would_read = {name for name, _ in files}.union(text_files)
+    return sorted([*listing.dir_links, *would_read.intersection(listing.file_links)])
+
+
+def _nothing_to_read(spec: InputSpec, where: str) -> str:
     if spec.format in ("jsonl", "parquet"):
-        files = [(name, spec.format) for name in names if format_of(name) == spec.format]
-        if not files:
-            raise IngestError(
-                f"{where}: the directory has no {spec.format} files "
-                f"({', '.join(JSONL_EXTENSIONS if spec.format == 'jsonl' else PARQUET_EXTENSIONS)}, "
-                "optionally compressed); fix the path or the format"
-            )
-        return files, []
+        extensions = ", ".join(JSONL_EXTENSIONS if spec.format == "jsonl" else PARQUET_EXTENSIONS)
+        return (
+            f"{where}: the directory has no {spec.format} files ({extensions}, optionally compressed); "
+            "fix the path or the format"
+        )
+    extra = " and no .jsonl/.json/.parquet files" if spec.format == "auto" else ""
+    return (
+        f"{where}: the directory has no files matching text_glob {spec.text_glob!r}{extra}; "
+        "fix the path, text_glob or format"
+    )
+
+
+def _select(names: list[str], path: str, spec: InputSpec, where: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The files of a directory listing that the spec reads: ([(name, format)], text files); either may be empty."""
+    if spec.format in ("jsonl", "parquet"):
+        return [(name, spec.format) for name in names if format_of(name) == spec.format], []
     if spec.format == "auto":
         files = [(name, fmt) for name in names if (fmt := format_of(name)) != "text"]
         if files:
@@ -213,14 +264,106 @@ def _expand_directory(fs, path: str, spec: InputSpec, where: str):
     except (ValueError, re.error) as exc:
         raise IngestError(f"{where}: text_glob {spec.text_glob!r} is not a valid glob: {exc}") from exc
     prefix = path.rstrip("/") + "/"
-    text_files = [name for name in names if name.startswith(prefix) and pattern.match(name[len(prefix) :])]
-    if not text_files:
-        extra = " and no .jsonl/.json/.parquet files" if spec.format == "auto" else ""
-        raise IngestError(
-            f"{where}: the directory has no files matching text_glob {spec.text_glob!r}{extra}; "
-            "fix the path, text_glob or format"
-        )
-    return [], text_files
+    return [], [name for name in names if name.startswith(prefix) and pattern.match(name[len(prefix) :])]
+
+
+def _expand_glob(fs, path: str, spec: InputSpec, where: str) -> tuple[list[str], list[str]]:
+    """(files matching a glob, skipped links), both sorted; directories among the matches are ignored."""
+    try:
+        if isinstance(fs, LocalFileSystem):
+            names, skipped = _glob_local(path, spec.follow_symlinks)
+        else:
+            matches = fs.glob(path, detail=True)
+            names, skipped = sorted(name for name, info in matches.items() if info.get("type") != "directory"), []
+    except Exception as exc:
+        raise IngestError(f"{where}: cannot expand the glob: {exc}") from exc
+    if not names:
+        note = f"; {_skipped_note(skipped, spec)}" if skipped else ""
+        raise IngestError(f"{where}: the glob matched no files; fix the pattern or the path{note}")
+    return names, skipped
+
+
+def _glob_local(path: str, follow: bool) -> tuple[list[str], list[str]]:
+    root, depth = _glob_root(path)
+    if not os.path.isdir(root):
+        return [], []
+    listing = _list_local(root, depth, follow)
+    pattern = re.compile(glob_translate(path))
+    names = [name for name in listing.files if pattern.match(name)]
+    return names, sorted([*listing.dir_links, *(name for name in listing.file_links if pattern.match(name))])
+
+
+def _glob_root(path: str) -> tuple[str, int | None]:
+    """The directory a local glob starts from, and how many levels below it a match can be (None with ``**``),
+    as fsspec's glob decides them."""
+    magic = min(i for i in (path.find("*"), path.find("?"), path.find("[")) if i >= 0)
+    slash = path.rindex("/", 0, magic)
+    depth = None if "**" in path else path[slash + 1 :].count("/") + 1
+    return path[:slash] or "/", depth
+
+
+@dataclass
+class _Listing:
+    """What is below a directory: the files, and the symlinks that were not followed."""
+
+    files: list[str] = field(default_factory=list)
+    file_links: list[str] = field(default_factory=list)  # links to files, or dangling
+    dir_links: list[str] = field(default_factory=list)  # links to directories, not searched
+
+
+def _list_tree(fs, root: str, maxdepth: int | None, follow: bool) -> _Listing:
+    """Everything below `root`, at most `maxdepth` levels deep (None: any), sorted."""
+    if isinstance(fs, LocalFileSystem):
+        return _list_local(root, maxdepth, follow)
+    found = fs.find(root, maxdepth=maxdepth, detail=True)
+    return _Listing(sorted(name for name, info in found.items() if info.get("type") != "directory"))
+
+
+def _list_local(root: str, maxdepth: int | None, follow: bool) -> _Listing:
+    """A local directory tree, lists sorted. Searched here, not with fsspec's find, which lists a linked directory
+    as a file (and, in some versions, enters it with no guard against loops). Links are entered only when `follow`,
+    and never into a directory that is also above them (a loop). Subdirectories that cannot be listed are left out,
+    as fsspec's find does."""
+    listing = _Listing()
+    pending = [(root, 1, (_dir_id(root),))]
+    while pending:
+        folder, depth, above = pending.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError:
+            if folder == root:
+                raise
+            continue
+        for entry in entries:
+            is_link = entry.is_symlink()
+            if _is_dir(entry):
+                if maxdepth is not None and depth >= maxdepth:
+                    continue  # nothing below this level can match
+                target = _dir_id(entry.path)
+                if is_link and (not follow or target in above):
+                    listing.dir_links.append(entry.path)
+                else:
+                    pending.append((entry.path, depth + 1, (*above, target)))
+            elif is_link and not (follow and os.path.exists(entry.path)):
+                listing.file_links.append(entry.path)
+            else:
+                listing.files.append(entry.path)
+    for names in (listing.files, listing.file_links, listing.dir_links):
+        names.sort()
+    return listing
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # through a link
+    except OSError:  # a link loop (ELOOP)
+        return False
+
+
+def _dir_id(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _uri(fs, path: str) -> str:

@@ -46,16 +46,29 @@ The reference recompresses the whole selected list for every candidate. Here a z
 prefix ``[r1, ..., rn`` once (and grown incrementally as documents are appended) and each candidate costs a
 ``compressobj.copy()`` + its suffix ``, rx]`` + flush: bit-identical sizes, work proportional to the candidate.
 Candidates are evaluated on ``workers`` threads (zlib and zstd release the GIL) or processes.
+
+Resume
+------
+The granularity is one round: with a ``ZipCheckpoint``, the run's ``ZipState`` (selection so far, the cached π,
+the per-document bookkeeping, the rounds' records) is saved after every finished round, and a run killed mid-way
+resumes from its last finished round, with the same picks, decisions and rounds as an uninterrupted run (the work
+of the interrupted round is redone). A checkpoint of another pool or config, or an unreadable one, is ignored with
+a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +85,9 @@ from selectflow.compression import (
 from selectflow.config import ZipConfig
 
 STAGES = ("global", "coarse", "fine")
+STATE_VERSION = 1  # bump when ZipState's content or meaning changes: older checkpoints are then ignored
+
+logger = logging.getLogger(__name__)
 
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -103,6 +119,126 @@ class ZipResult:
     final_ratio: dict  # ratios of the final set (see _final_ratio)
     stopped: str = "budget"  # "budget" | "pool_exhausted" (tokens budget only)
     seconds: dict = field(default_factory=dict)  # init (own ratios), rounds, final, total
+    resumed_from_round: int = 0  # rounds restored from a checkpoint (0: started fresh)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+
+@dataclass
+class ZipState:
+    """Where a run stands after its last finished round: everything a resumed run needs to continue exactly."""
+
+    fingerprint: str  # of the pool, the config and STATE_VERSION (see _fingerprint)
+    own: np.ndarray  # float64, each document's own ratio (the initial π)
+    pi: np.ndarray  # float64, the cached ratios stage 1 ranks by; stale values decide later rounds
+    last_score: np.ndarray  # float64, the last ratio computed for each document
+    stage_reached: np.ndarray  # int8, index into STAGES
+    last_round: np.ndarray  # int64, last round it reached stage 2/3 (-1: never)
+    order: np.ndarray  # int64, position in the selection (-1: not selected)
+    marginal: np.ndarray  # int64, compressed bytes it added when picked (-1: not selected)
+    used: np.ndarray  # bool, left the pool
+    selected: list[int] = field(default_factory=list)  # pool positions in selection order
+    rounds: list[dict] = field(default_factory=list)  # ZipResult.rounds so far
+
+    _ARRAYS = ("own", "pi", "last_score", "stage_reached", "last_round", "order", "marginal", "used")
+
+    @classmethod
+    def fresh(cls, own: np.ndarray, fingerprint: str) -> ZipState:
+        n = len(own)
+        return cls(fingerprint, own, own.copy(), own.copy(), np.zeros(n, np.int8), np.full(n, -1, np.int64),
+                   np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros(n, bool))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        meta = {"version": STATE_VERSION, "fingerprint": self.fingerprint, "rounds": self.rounds}
+        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        return arrays | {"selected": np.asarray(self.selected, np.int64), "meta": np.array(json.dumps(meta))}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ZipState:
+        meta = json.loads(str(arrays["meta"]))
+        if meta["version"] != STATE_VERSION:
+            raise ValueError(f"state version {meta['version']}, expected {STATE_VERSION}")
+        selected = [int(i) for i in arrays["selected"]]
+        return cls(meta["fingerprint"], *(arrays[name] for name in cls._ARRAYS), selected, meta["rounds"])
+
+    def fits(self, n: int) -> bool:
+        """Whether the arrays are whole for a pool of n documents (guards against a damaged but readable file)."""
+        return (all(getattr(self, name).shape == (n,) for name in self._ARRAYS)
+                and all(0 <= i < n for i in self.selected))
+
+
+class ZipCheckpoint:
+    """The latest ZipState of one run, kept as `<folder>/zip_state.npz` (numpy arrays + JSON, no pickle).
+
+    Each save replaces the file atomically, so a kill leaves either the previous round's state or the new one."""
+
+    FILE = "zip_state.npz"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / self.FILE
+
+    def load(self) -> ZipState | None:
+        """The saved state, or None when there is none or it cannot be read (logged, never raised)."""
+        if not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as archive:
+                return ZipState.from_arrays({name: archive[name] for name in archive.files})
+        except Exception as exc:  # any damage to the file means: start over, never fail the run
+            logger.warning("zip: ignoring unreadable checkpoint %s (%s: %s); starting from round 1",
+                           self.path, type(exc).__name__, exc)
+            return None
+
+    def save(self, state: ZipState) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **state.to_arrays())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fingerprint(cfg: ZipConfig, doc_ids: list[str], items: list[bytes], tokens: np.ndarray | None) -> str:
+    """Identity of a run's inputs: the pool as scored, the token counts and the config fields that change picks."""
+    digest = hashlib.blake2b(digest_size=16)
+    settings = cfg.model_dump(exclude={"workers", "parallel"})  # these change speed, not picks
+    digest.update(json.dumps([STATE_VERSION, settings], sort_keys=True).encode())
+    for doc_id, item in zip(doc_ids, items):
+        digest.update(len(doc_id).to_bytes(8, "little") + doc_id.encode() + len(item).to_bytes(8, "little") + item)
+    if tokens is not None:
+        digest.update(tokens.tobytes())
+    return digest.hexdigest()
+
+
+def _resume(checkpoint: ZipCheckpoint | None, fingerprint: str, n: int) -> ZipState | None:
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is None:
+        return None
+    if state.fingerprint != fingerprint or not state.fits(n):
+        logger.warning("zip: ignoring checkpoint %s: it was saved for another pool or config; starting from round 1",
+                       checkpoint.path)
+        return None
+    return state
 
 
 # ----------------------------------------------------------------------------------------------- serialization
@@ -286,7 +422,8 @@ class _ZstdScorer:
 # ----------------------------------------------------------------------------------------------- the algorithm
 
 
-def _check(cfg: ZipConfig, n: int, tokens: np.ndarray | None) -> None:
+def check_pool_size(cfg: ZipConfig, n: int, tokens: np.ndarray | None) -> None:
+    """Raise ZipError unless a pool of `n` documents (with `tokens` each, for a tokens budget) can meet the budget."""
     if n == 0:
         raise ZipError("zip: the pool is empty: nothing to select from (check the upstream stages' output)")
     if cfg.budget_unit == "docs":
@@ -315,8 +452,13 @@ def zip_select(
     cfg: ZipConfig,
     progress: Callable[[int, dict], None] | None = None,
     token_count: Callable[[str], int] | None = None,
+    checkpoint: ZipCheckpoint | None = None,
 ) -> ZipResult:
-    """Select from `docs` (DOCS schema: doc_id, text, record used) with ZIP; see the module docstring."""
+    """Select from `docs` (DOCS schema: doc_id, text, record used) with ZIP; see the module docstring.
+
+    `progress(round_number, info)` is called after each round run here (not for rounds restored from the
+    checkpoint). With `checkpoint`, the state is saved after every finished round and a killed run resumes from
+    its last finished round (same result as an uninterrupted run); the checkpoint is left in place afterwards."""
     t_start = time.perf_counter()
     n = docs.num_rows
     doc_ids = docs.column("doc_id").to_pylist() if n else []
@@ -325,7 +467,7 @@ def zip_select(
     if cfg.budget_unit == "tokens":
         count = token_count or token_counter(cfg.token_counter)
         tokens = np.fromiter((count(t) for t in texts), np.int64, n)
-    _check(cfg, n, tokens)
+    check_pool_size(cfg, n, tokens)
 
     if cfg.mode == "exact":
         records = (
@@ -337,103 +479,45 @@ def zip_select(
         items = [t.encode("utf-8") for t in texts]
         scorer = _ZstdScorer(items, cfg.workers, cfg.zstd_level, cfg.zstd_window_log)
 
-    stage_reached = np.zeros(n, np.int8)
-    last_round = np.full(n, -1, np.int64)
-    order = np.full(n, -1, np.int64)
-    marginal = np.full(n, -1, np.int64)
-    used = np.zeros(n, bool)
-    selected: list[int] = []
-    rounds: list[dict] = []
+    fingerprint = _fingerprint(cfg, doc_ids, items, tokens) if checkpoint is not None else ""
+    state = _resume(checkpoint, fingerprint, n)
+    resumed_from_round = len(state.rounds) if state is not None else 0
     stopped = "budget"
     try:
         t0 = time.perf_counter()
-        own, _ = scorer.own(n)
-        pi = own.copy()
-        last_score = own.copy()
+        if state is None:
+            state = ZipState.fresh(scorer.own(n)[0], fingerprint)
         seconds_init = time.perf_counter() - t0
 
         def done() -> bool:
             if cfg.budget_unit == "docs":
-                return len(selected) >= cfg.budget
-            return int(tokens[selected].sum()) >= cfg.budget
+                return len(state.selected) >= cfg.budget
+            return int(tokens[state.selected].sum()) >= cfg.budget
 
         while not done():
-            available = n - int(used.sum())
-            if available < cfg.k3:
+            if n - int(state.used.sum()) < cfg.k3:
                 stopped = "pool_exhausted"
                 break
-            rnd = len(rounds)
-            k1, k2 = min(cfg.k1, available), min(cfg.k2, available)
-            # stage 1 (global): K1 lowest stale π among unused documents, ties by position
-            t1 = time.perf_counter()
-            masked = np.where(used, np.inf, pi)
-            cand1 = np.argsort(masked, kind="stable")[:k1]
-            # stage 2 (coarse): ratio of selected + [x]; written back into π
-            t2 = time.perf_counter()
-            ratios, _ = scorer.coarse(selected, cand1)
-            pi[cand1] = ratios
-            last_score[cand1] = ratios
-            stage_reached[cand1] = np.maximum(stage_reached[cand1], 1)
-            last_round[cand1] = rnd
-            cand2 = cand1[np.lexsort((cand1, ratios))[:k2]]
-            used[cand2] = True
-            stage_reached[cand2] = 2
-            # stage 3 (fine): greedy over the K2
-            t3 = time.perf_counter()
-            remaining = sorted(int(i) for i in cand2)  # position order: ties go to the lowest position
-            picked: list[int] = []
-            for _ in range(cfg.k3):
-                scores, comp = scorer.fine(selected, picked, remaining)
-                last_score[remaining] = scores
-                best = int(np.argmin(scores))  # first minimum = lowest position among ties
-                doc = remaining.pop(best)
-                before = scorer.fine_set_size(picked)
-                marginal[doc] = int(comp[best]) - before
-                order[doc] = len(selected) + len(picked)
-                picked.append(doc)
-            selected.extend(picked)
-            t4 = time.perf_counter()
-            info = {
-                "round": rnd,
-                "k1": k1,
-                "k2": k2,
-                "seconds_global": t2 - t1,
-                "seconds_coarse": t3 - t2,
-                "seconds_fine": t4 - t3,
-                "n_selected": len(selected),
-                "pool_left": n - int(used.sum()),
-                "selected_ratio": scorer.selected_ratio(selected),
-            }
+            info = _run_round(scorer, state, cfg)
             if tokens is not None:
-                info["tokens_selected"] = int(tokens[selected].sum())
-            rounds.append(info)
+                info["tokens_selected"] = int(tokens[state.selected].sum())
+            state.rounds.append(info)
+            if checkpoint is not None:
+                checkpoint.save(state)
             if progress is not None:
-                progress(rnd + 1, dict(info))
+                progress(info["round"] + 1, dict(info))
     finally:
         scorer.close()
 
     t_final = time.perf_counter()
+    selected = state.selected
     final = _final_ratio([texts[i] for i in selected], [items[i] for i in selected] if cfg.mode == "exact" else None,
                          cfg.zstd_window_log)
-    is_sel = order >= 0
-    decisions = pa.table(
-        {
-            "doc_id": pa.array(doc_ids, pa.string()),
-            "selected": pa.array(is_sel),
-            "order": pa.array(order, pa.int64(), mask=~is_sel),
-            "round": pa.array(last_round, pa.int64(), mask=last_round < 0),
-            "stage_reached": pa.array([STAGES[s] for s in stage_reached], pa.string()),
-            "own_ratio": pa.array(own if n else np.zeros(0), pa.float64()),
-            "ratio": pa.array(last_score if n else np.zeros(0), pa.float64()),
-            "marginal_bytes": pa.array(marginal, pa.int64(), mask=~is_sel),
-        },
-        schema=DECISIONS_SCHEMA,
-    )
     now = time.perf_counter()
     return ZipResult(
         selected=[doc_ids[i] for i in selected],
-        decisions=decisions,
-        rounds=rounds,
+        decisions=_decisions(doc_ids, state),
+        rounds=state.rounds,
         final_ratio=final,
         stopped=stopped,
         seconds={
@@ -442,6 +526,73 @@ def zip_select(
             "final": now - t_final,
             "total": now - t_start,
         },
+        resumed_from_round=resumed_from_round,
+    )
+
+
+def _run_round(scorer: _ExactScorer | _ZstdScorer, state: ZipState, cfg: ZipConfig) -> dict:
+    """One round of the three stages, applied to `state` in place; returns the round's record."""
+    n = len(state.pi)
+    selected, used = state.selected, state.used
+    available = n - int(used.sum())
+    rnd = len(state.rounds)
+    k1, k2 = min(cfg.k1, available), min(cfg.k2, available)
+    # stage 1 (global): K1 lowest stale π among unused documents, ties by position
+    t1 = time.perf_counter()
+    masked = np.where(used, np.inf, state.pi)
+    cand1 = np.argsort(masked, kind="stable")[:k1]
+    # stage 2 (coarse): ratio of selected + [x]; written back into π
+    t2 = time.perf_counter()
+    ratios, _ = scorer.coarse(selected, cand1)
+    state.pi[cand1] = ratios
+    state.last_score[cand1] = ratios
+    state.stage_reached[cand1] = np.maximum(state.stage_reached[cand1], 1)
+    state.last_round[cand1] = rnd
+    cand2 = cand1[np.lexsort((cand1, ratios))[:k2]]
+    used[cand2] = True
+    state.stage_reached[cand2] = 2
+    # stage 3 (fine): greedy over the K2
+    t3 = time.perf_counter()
+    remaining = sorted(int(i) for i in cand2)  # position order: ties go to the lowest position
+    picked: list[int] = []
+    for _ in range(cfg.k3):
+        scores, comp = scorer.fine(selected, picked, remaining)
+        state.last_score[remaining] = scores
+        best = int(np.argmin(scores))  # first minimum = lowest position among ties
+        doc = remaining.pop(best)
+        before = scorer.fine_set_size(picked)
+        state.marginal[doc] = int(comp[best]) - before
+        state.order[doc] = len(selected) + len(picked)
+        picked.append(doc)
+    selected.extend(picked)
+    t4 = time.perf_counter()
+    return {
+        "round": rnd,
+        "k1": k1,
+        "k2": k2,
+        "seconds_global": t2 - t1,
+        "seconds_coarse": t3 - t2,
+        "seconds_fine": t4 - t3,
+        "n_selected": len(selected),
+        "pool_left": n - int(used.sum()),
+        "selected_ratio": scorer.selected_ratio(selected),
+    }
+
+
+def _decisions(doc_ids: list[str], state: ZipState) -> pa.Table:
+    is_sel = state.order >= 0
+    return pa.table(
+        {
+            "doc_id": pa.array(doc_ids, pa.string()),
+            "selected": pa.array(is_sel),
+            "order": pa.array(state.order, pa.int64(), mask=~is_sel),
+            "round": pa.array(state.last_round, pa.int64(), mask=state.last_round < 0),
+            "stage_reached": pa.array([STAGES[s] for s in state.stage_reached], pa.string()),
+            "own_ratio": pa.array(state.own, pa.float64()),
+            "ratio": pa.array(state.last_score, pa.float64()),
+            "marginal_bytes": pa.array(state.marginal, pa.int64(), mask=~is_sel),
+        },
+        schema=DECISIONS_SCHEMA,
     )
 
 
@@ -461,5 +612,14 @@ def _final_ratio(texts: list[str], reprs: list[bytes] | None, window_log: int) -
     return out
 
 
-__all__ = ["DECISIONS_SCHEMA", "ZipConfig", "ZipError", "ZipResult", "record_repr", "zip_select"]
+__all__ = [
+    "DECISIONS_SCHEMA",
+    "ZipCheckpoint",
+    "ZipConfig",
+    "ZipError",
+    "ZipResult",
+    "ZipState",
+    "record_repr",
+    "zip_select",
+]
 

@@ -21,7 +21,7 @@ from selectflow.influence.scorer import InfluenceScorer
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version, stable_hash
 
 STAGE = "influence_reference"
-STATE_FILE = "influence_state.pt"
+STATE_FILE = "influence_state.safetensors"
 _CODE = code_version(capture_lib, ekfac_lib, model_lib, projection_lib, scorer_lib)
 
 

@@ -20,6 +20,7 @@ def ingest_key_config(file: InputFile, cfg: IngestConfig) -> dict:
         "shard_rows": cfg.shard_rows,
         "max_record_bytes": cfg.max_record_bytes,
         "min_text_chars": cfg.min_text_chars,
+        "skipped_links": list(file.skipped_links),  # reported in the stats
     }
 
 
@@ -34,6 +35,13 @@ def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> Art
             if quarantine_batch.num_rows:
                 writer.write("quarantine", quarantine_batch)
                 quarantined += quarantine_batch.num_rows
-        writer.stats(source=file.uri, docs=docs, quarantined=quarantined, text_bytes=n_bytes, input_bytes=file.size)
+        writer.stats(
+            source=file.uri,
+            docs=docs,
+            quarantined=quarantined,
+            text_bytes=n_bytes,
+            input_bytes=file.size,
+            skipped_links=len(file.skipped_links),
+        )
 
     return store.build(STAGE, ingest_key_config(file, cfg), [file.fingerprint], CODE, write)

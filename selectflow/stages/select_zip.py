@@ -1,4 +1,7 @@
-"""ZIP selection stage: the deduplicated pool -> the selected documents, in selection order, with a reason for each."""
+"""ZIP selection stage: the deduplicated pool -> the selected documents, in selection order, with a reason for each.
+
+A killed stage resumes from its last finished ZIP round: the rounds' state is checkpointed under the writer's
+`checkpoint_dir` (`<store>/checkpoints/select_zip/<key>/`), which the store removes once the artifact commits."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import selectflow.compression as compression_lib
 import selectflow.select.zip as zip_lib
 from selectflow.config import ZipConfig
 from selectflow.schema import decisions_table
-from selectflow.select.zip import zip_select
+from selectflow.select.zip import ZipCheckpoint, zip_select
 from selectflow.stages.pool import read_pool
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
 
@@ -34,11 +37,12 @@ def zip_stage(
     progress: Callable[[int, dict], None] | None = None,
     clusters: ArtifactRef | None = None,
 ) -> ArtifactRef:
-    """ZIP over the pool; with `clusters`, only over the documents its semantic dedup kept."""
+    """ZIP over the pool; with `clusters`, only over the documents its semantic dedup kept. Resumes a killed run
+    from its last finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh)."""
 
     def write(writer: ArtifactWriter) -> None:
         docs = read_pool(pool, clusters).docs
-        result = zip_select(docs, cfg, progress=progress)
+        result = zip_select(docs, cfg, progress=progress, checkpoint=ZipCheckpoint(writer.checkpoint_dir))
         rows = result.decisions.to_pylist()
         writer.write("decisions", decisions_table(
             [r["doc_id"] for r in rows], STAGE,
@@ -53,7 +57,7 @@ def zip_stage(
         writer.write_json("rounds.json", result.rounds)
         writer.stats(docs_in=docs.num_rows, docs_out=len(result.selected), dropped=docs.num_rows - len(result.selected),
                      stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
-                     rounds=len(result.rounds))
+                     rounds=len(result.rounds), resumed_from_round=result.resumed_from_round)
 
     inputs = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
     return store.build(STAGE, cfg.model_dump(), inputs, _CODE, write)
