@@ -4,10 +4,10 @@ from flows.runner import run_shards
 from selectflow.config import ClusterConfig
 from selectflow.store import ArtifactRef
 from tasks.cluster import cluster_assignments, embedding_basis, shard_embeddings
-from tasks.common import shard_task_options
+from tasks.common import FLOW_OPTIONS, shard_task_options
 
 
-@flow(name="cluster")
+@flow(name="cluster", **FLOW_OPTIONS)
 def cluster_pool(
     workspace: str, pool: list[ArtifactRef], cfg: ClusterConfig, retries: int = 2, retry_delay_seconds: float = 1.0
 ) -> tuple[list[ArtifactRef], ArtifactRef]:

@@ -36,9 +36,10 @@ from selectflow.select.quad import round_metrics
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
 from selectflow.tracking import Tracker
 from selectflow.workspace import workspace_lock
+from tasks.common import FLOW_OPTIONS
 
 
-@flow(name="curate", log_prints=True)
+@flow(name="curate", log_prints=True, **FLOW_OPTIONS)
 def curate(config: CurateConfig) -> dict:
     """Take a raw corpus to its selected subsets, judged by probe training, with lineage and an MLflow run."""
     with workspace_lock(config.workspace), note_signals():

@@ -5,7 +5,7 @@ from prefect import flow
 from flows.runner import run_shards
 from selectflow.config import DedupConfig
 from selectflow.store import ArtifactRef, Shard
-from tasks.common import shard_task_options
+from tasks.common import FLOW_OPTIONS, shard_task_options
 from tasks.dedup import deduped_shard, exact_decisions, near_decisions, shard_signatures
 
 
@@ -17,7 +17,7 @@ class DedupResult:
     deduped: list[ArtifactRef]
 
 
-@flow(name="dedup")
+@flow(name="dedup", **FLOW_OPTIONS)
 def deduplicate(
     workspace: str, shards: list[Shard], cfg: DedupConfig, retries: int = 2, retry_delay_seconds: float = 1.0
 ) -> DedupResult:

@@ -5,11 +5,11 @@ from selectflow.config import ProbeConfig, RiskConfig
 from selectflow.lineage import SUBSET_OF_STAGE
 from selectflow.risk import RiskPoint, SubsetAssessment, check_subset, point_from_stats
 from selectflow.store import ArtifactRef
-from tasks.common import shard_task_options
+from tasks.common import FLOW_OPTIONS, shard_task_options
 from tasks.probe import full_pool_sample, probe_training
 
 
-@flow(name="probe")
+@flow(name="probe", **FLOW_OPTIONS)
 def probe_subsets(
     workspace: str,
     pool: list[ArtifactRef],

@@ -4,11 +4,11 @@ from flows.runner import run_shards
 from selectflow.config import IngestConfig
 from selectflow.ingest import InputFile
 from selectflow.store import ArtifactRef
-from tasks.common import shard_task_options
+from tasks.common import FLOW_OPTIONS, shard_task_options
 from tasks.ingest import ingested_shards
 
 
-@flow(name="ingest")
+@flow(name="ingest", **FLOW_OPTIONS)
 def ingest_corpus(
     workspace: str, files: list[InputFile], cfg: IngestConfig, retries: int = 2, retry_delay_seconds: float = 1.0
 ) -> list[ArtifactRef]:

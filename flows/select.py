@@ -8,6 +8,7 @@ from selectflow.config import InfluenceConfig, QuadConfig, SelectionConfig
 from selectflow.store import ArtifactRef
 from tasks.influence import influence_reference
 from tasks.select import quad_selection, random_selection, topk_selection, zip_selection
+from tasks.common import FLOW_OPTIONS
 
 
 @dataclass
@@ -16,7 +17,7 @@ class Selection:
     influence: ArtifactRef | None  # the fitted influence reference, when a selector scores influence
 
 
-@flow(name="select")
+@flow(name="select", **FLOW_OPTIONS)
 def select_subset(
     workspace: str,
     pool: list[ArtifactRef],

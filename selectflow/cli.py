@@ -15,7 +15,7 @@ from pathlib import Path
 
 from selectflow.config import ConfigError, CurateConfig, load_config
 from selectflow.preflight import preflight
-from selectflow.stopping import Interrupted, stop_on_signals
+from selectflow.stopping import Interrupted, exit_now, stop_on_signals
 from selectflow.workspace import WorkspaceBusy, setup_lock, workspace_lock
 
 SAMPLE_CONFIG = Path(__file__).parent / "data" / "sample.yaml"
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except Interrupted as exc:
         print(f"selectflow: {exc}: the run is recorded as interrupted; the same command resumes it", file=sys.stderr)
-        return 128 + exc.signum
+        exit_now(128 + exc.signum)  # everything is recorded: skip the interpreter's slow final garbage collection
     except BrokenPipeError:  # the reader went away (`selectflow lineage ... | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE

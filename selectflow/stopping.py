@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 
 import psutil
@@ -49,7 +50,11 @@ def kill_children() -> None:
             child.kill()
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
+    """End the process at once, with its children (output flushed first)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     kill_children()
     os._exit(code)
 
@@ -59,7 +64,7 @@ def arm_deadline(code: int = 128 + signal.SIGTERM, grace_s: float = GRACE_S) -> 
     if _deadline_armed.is_set():
         return
     _deadline_armed.set()
-    timer = threading.Timer(grace_s, _exit_now, args=(code,))
+    timer = threading.Timer(grace_s, exit_now, args=(code,))
     timer.daemon = True
     timer.start()
 
@@ -88,7 +93,7 @@ def stop_on_signals():
     def make(_previous):
         def handle(signum, _frame):
             if seen:
-                _exit_now(128 + signum)
+                exit_now(128 + signum)
             seen.append(signum)
             _stop_requested.set()
             arm_deadline(128 + signum)

@@ -10,6 +10,9 @@ from prefect.cache_policies import NO_CACHE
 # its artifact in the store (verified against its manifest) when its inputs, config and code are unchanged. Prefect
 # neither caches nor persists task results, so nothing is pickled to disk and the two caches can never disagree.
 STORE_CACHED = {"cache_policy": NO_CACHE, "persist_result": False}
+# Options of every flow. Prefect writes a failed flow run's exception to its result storage whatever persist_result
+# says, with cloudpickle by default: JSON keeps the workspace free of pickles.
+FLOW_OPTIONS = {"persist_result": False, "result_serializer": "json"}
 
 
 @contextlib.contextmanager
