@@ -93,11 +93,10 @@ def heartbeat(store: ArtifactStore, run: RunRecord):
     stop = threading.Event()
 
     def beating() -> None:
-        while True:
+        while not stop.wait(HEARTBEAT_S):
             beat.touch()
-            if stop.wait(HEARTBEAT_S):
-                return
 
+    beat.touch()  # before the block starts, so the run reads as alive from its first moment
     thread = threading.Thread(target=beating, name="selectflow-heartbeat", daemon=True)
     thread.start()
     try:
