@@ -12,7 +12,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows.cluster import cluster_pool
 from flows.dedup import deduplicate
-from flows.evaluate import assess_risk, probe_subsets
+from flows.evaluate import ProbeRuns, assess_risk, compare_subsets, probe_subsets
 from flows.ingest import ingest_corpus
 from flows.runner import dask_runner
 from flows.select import select_subset
@@ -20,7 +20,7 @@ from selectflow import summary
 from selectflow.config import CurateConfig, IngestConfig, ProbeConfig
 from selectflow.ingest import plan_inputs
 from selectflow.preflight import check_docs_budgets
-from selectflow.probe.metrics import learning_speed
+from selectflow.probe.compare import ProbeComparison
 from selectflow.report import Risk, write_report
 from selectflow.report.assemble import assemble_report, risk_section
 from selectflow.risk import (
@@ -31,8 +31,8 @@ from selectflow.risk import (
     verdict_metrics,
 )
 from selectflow.runs import RunRecord, heartbeat, record_interrupted
-from selectflow.stopping import arm_deadline, is_interruption, note_signals
 from selectflow.select.quad import round_metrics
+from selectflow.stopping import arm_deadline, is_interruption, note_signals
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
 from selectflow.tracking import Tracker
 from selectflow.workspace import workspace_lock
@@ -86,7 +86,7 @@ def _curate(config: CurateConfig) -> dict:
         record("dedup_near", [dedup.near], config.dedup.near.model_dump(), logged=dedup.signatures)
         record("deduped", dedup.deduped)
         subsets: dict[str, ArtifactRef] = {}
-        risk, speeds = None, {}
+        risk, comparison = None, None
 
         if config.selection.selector != "none":
             # A budget the deduplicated pool cannot meet fails here, in one line, before any selector starts.
@@ -114,18 +114,22 @@ def _curate(config: CurateConfig) -> dict:
                 probes = probe_subsets.with_options(task_runner=task_runner)(
                     workspace, dedup.deduped, subsets, sets["reference"], sets.get("unseen", []), config.probe,
                     **retrying)
-                for name, ref in probes.items():
-                    record(f"probe_{name}", [ref])
-                    track_probe(tracker, name, ref, config.probe)
-                probe_stats = {name: ref.manifest()["stats"] for name, ref in probes.items()}
-                speeds = log_probe_results(tracker, probes, probe_stats, config.probe)
+                for name, by_seed in probes.runs.items():
+                    record(f"probe_{name}", list(by_seed.values()))
+                    for seed, ref in by_seed.items():
+                        track_probe(tracker, f"{name}_seed{seed}", ref, config.probe)
+                comparison = compare_subsets(probes, config.probe)
+                log_probe_results(tracker, probes, comparison)
                 if config.risk.enabled:
-                    risk = judge_risk(config, tracker, probe_stats, exclude_run_id=run.mlflow_run_id,
+                    risk = judge_risk(config, tracker, probes, exclude_run_id=run.mlflow_run_id,
                                       deployment=tags["selectflow.deployment"])
 
         published = {stage: summary.publish(run, stage, store) for stage in ("deduped", *subsets)}
         run.summary = summary.run_summary(run, store, published)
-        report = write_report(assemble_report(run, risk, speeds), Path(run.summary["deduped"]).parent / "report.html")
+        if comparison is not None:
+            run.summary["probes"] = summary.probe_summary(comparison)
+        report = write_report(assemble_report(run, risk, comparison),
+                              Path(run.summary["deduped"]).parent / "report.html")
         run.summary["report"] = str(report)
         if risk is not None:
             run.summary["risk"] = {"verdict": risk.overall, "reason": risk.reason}
@@ -139,28 +143,37 @@ def _curate(config: CurateConfig) -> dict:
     return run.summary
 
 
-def log_probe_results(
-    tracker: Tracker, probes: dict[str, ArtifactRef], stats: dict[str, dict], cfg: ProbeConfig
-) -> dict[str, int | None]:
-    """Each probe's R, L and held-out losses on the parent run (the history later risk checks fit on), and the
-    learning speed of each subset: steps to one shared held-out loss level."""
-    curves = {name: ref.read("curve", columns=["step", "reference_loss"]).to_pydict() for name, ref in probes.items()}
-    level, steps = learning_speed({name: (c["step"], c["reference_loss"]) for name, c in curves.items()},
-                                  cfg.speed_fraction, cfg.speed_level)
-    metrics = {k: v for name, values in stats.items() for k, v in probe_metrics(name, values).items()}
-    metrics |= {f"probe.{name}.steps_to_level": float(step) for name, step in steps.items() if step is not None}
-    tracker.log_summary(metrics | {"probe.speed_level": level})
-    return steps
+def log_probe_results(tracker: Tracker, probes: ProbeRuns, comparison: ProbeComparison) -> None:
+    """On the parent run: each subset's seed means (R of the whole subset, L and held-out bits per byte: the history
+    later risk checks fit on), its paired difference vs random with the interval, and its learning speed."""
+    metrics = {"probe.budget_tokens": float(probes.budget), "probe.seeds": float(len(comparison.seeds))}
+    for name, intervals in comparison.metrics.items():
+        profile = probes.profiles.get(name, {})
+        metrics |= probe_metrics(name, {
+            "R_zlib": profile.get("R_zlib"), "R_zstd": profile.get("R_zstd"),
+            "L_bpb": intervals["prequential_bpb"].mean,
+            "heldout_bpb": intervals["reference_bpb"].mean if "reference_bpb" in intervals else None,
+            "unseen_bpb": intervals["unseen_bpb"].mean if "unseen_bpb" in intervals else None,
+            "epochs": comparison.epochs[name]})
+        if (speed := comparison.speed.get(name)) is not None and speed.interval is not None:
+            metrics[f"probe.{name}.steps_to_level"] = speed.interval.mean
+    for diff in comparison.differences:
+        if diff.interval is not None and diff.interval.low is not None:
+            key = f"probe.{diff.subset}.vs_random.{diff.metric}"
+            metrics |= {key: diff.interval.mean, f"{key}.low": diff.interval.low, f"{key}.high": diff.interval.high}
+    if comparison.speed_level is not None:
+        metrics["probe.speed_level_bpb"] = comparison.speed_level
+    tracker.log_summary(metrics, tags={f"probe.{name}.verdict": text for name, text in comparison.verdicts.items()})
 
 
-def judge_risk(config: CurateConfig, tracker: Tracker, stats: dict[str, dict], exclude_run_id: str,
+def judge_risk(config: CurateConfig, tracker: Tracker, probes: ProbeRuns, exclude_run_id: str,
                deployment: str) -> Risk:
     """The entropy-law risk check of each selected subset against the random subset and this deployment's history."""
     history = history_from_mlflow(tracker.uri, config.tracking.experiment, deployment=deployment,
                                   exclude_run_id=exclude_run_id, ratio=config.risk.ratio,
                                   limit=config.risk.history_limit)
-    assessed = assess_risk(stats, history, config.risk)
-    risk = risk_section(assessed, stats, history, config.risk)
+    assessed = assess_risk(probes, history, config.risk, config.probe.confidence)
+    risk = risk_section(assessed, probes, history, config.risk)
     log_risk(tracker, assessed, risk.overall)
     for item in assessed:
         create_markdown_artifact(verdict_markdown(item.subset, item.verdict), key=f"risk-{item.subset}",
@@ -214,8 +227,9 @@ def track_selection(tracker: Tracker, stage: str, selected: ArtifactRef, params:
 
 
 def track_probe(tracker: Tracker, name: str, probe: ArtifactRef, cfg: ProbeConfig) -> None:
-    """A probe's nested MLflow run: its metrics, and its loss curve as per-step series."""
-    curve = probe.read("curve").to_pylist()
+    """A probe's nested MLflow run: its metrics, and its loss curve at the evaluated steps as series (the whole
+    curve is in the artifact and the report)."""
+    curve = [row for row in probe.read("curve").to_pylist() if row.get("reference_bpb") is not None]
     tracker.stage(f"probe_{name}", [probe], cfg.model_dump(mode="json"), _numbers(probe.manifest()["stats"]),
                   series=[_numbers(row) for row in curve])
 

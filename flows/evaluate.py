@@ -1,12 +1,49 @@
+from dataclasses import dataclass
+
 from prefect import flow
 
 from flows.runner import run_shards, run_tasks
 from selectflow.config import ProbeConfig, RiskConfig
 from selectflow.lineage import SUBSET_OF_STAGE
-from selectflow.risk import RiskPoint, SubsetAssessment, check_subset, point_from_stats
+from selectflow.probe.compare import BASELINE, ProbeComparison, compare_probes
+from selectflow.probe.data import budget_blocks, common_budget
+from selectflow.risk import RiskPoint, SubsetAssessment, SubsetEvidence, check_subset, r_tolerance
+from selectflow.stages.probe import subset_profile
 from selectflow.store import ArtifactRef
 from tasks.common import FLOW_OPTIONS, shard_task_options
 from tasks.probe import full_pool_sample, probe_training
+
+
+@dataclass
+class ProbeRuns:
+    """The probes of a run: subset -> seed -> artifact, the common budget and each subset's whole-subset profile."""
+
+    runs: dict[str, dict[int, ArtifactRef]]
+    budget: int
+    profiles: dict[str, dict]  # subset -> docs, tokens, R_zlib, R_zstd (the 'full' samples: per seed, see runs)
+    notes: list[str]
+
+    def stats(self) -> dict[str, dict[int, dict]]:
+        return {name: {seed: ref.manifest()["stats"] for seed, ref in by_seed.items()}
+                for name, by_seed in self.runs.items()}
+
+    def curves(self, column: str = "reference_bpb") -> dict[str, dict[int, tuple[list, list]]]:
+        curves = {}
+        for name, by_seed in self.runs.items():
+            curves[name] = {}
+            for seed, ref in by_seed.items():
+                table = ref.read("curve", columns=["step", column]).to_pydict()
+                curves[name][seed] = (table["step"], table[column])
+        return curves
+
+
+def probe_budget(cfg: ProbeConfig, profiles: dict[str, dict]) -> tuple[int, list[str]]:
+    """The tokens every probe trains on (see ProbeConfig.short_subset), and a note when it was lowered."""
+    if cfg.short_subset == "shrink" and profiles:
+        budget, note = common_budget(cfg.tokens, {name: p["tokens"] for name, p in profiles.items()},
+                                     cfg.batch_size, cfg.model.seq_len)
+        return budget, [note] if note else []
+    return budget_blocks(cfg.tokens, cfg.batch_size, cfg.model.seq_len) * cfg.model.seq_len, []
 
 
 @flow(name="probe", **FLOW_OPTIONS)
@@ -19,25 +56,50 @@ def probe_subsets(
     cfg: ProbeConfig,
     retries: int = 2,
     retry_delay_seconds: float = 1.0,
-) -> dict[str, ArtifactRef]:
-    """One short probe training run per subset, all at the same token budget, side by side on the workers."""
+) -> ProbeRuns:
+    """One probe per subset and seed, all on the same tokens, side by side on the workers."""
     subsets = {SUBSET_OF_STAGE[stage]: [ref] for stage, ref in selected.items()}
     names = cfg.subsets or [*subsets, "full"]
     if missing := [name for name in names if name not in subsets and name != "full"]:
         raise ValueError(f"probe.subsets names {missing}, which this run does not select (it has {list(subsets)}); "
                          "change probe.subsets or selection.selector / selection.baselines")
+    profiles = {name: subset_profile(subsets[name], cfg) for name in names if name != "full"}
+    budget, notes = probe_budget(cfg, profiles)
+    seeds = cfg.replicate_seeds
+    samples = {}
     if "full" in names:
-        subsets["full"] = run_shards(full_pool_sample, [{"workspace": workspace, "pool": pool, "cfg": cfg}],
-                                     "full-pool sample")
+        full = run_shards(full_pool_sample, [{"workspace": workspace, "pool": pool, "cfg": cfg, "seed": seed,
+                                              "tokens": budget} for seed in seeds], "full-pool samples")
+        samples = {seed: [ref] for seed, ref in zip(seeds, full)}
     task = probe_training.with_options(**shard_task_options(retries, retry_delay_seconds))
-    calls = [(task, {"workspace": workspace, "name": name, "subset": subsets[name], "reference": reference,
-                     "unseen": unseen, "cfg": cfg}) for name in names]
-    return dict(zip(names, run_tasks(calls, "probe")))
+    keys = [(name, seed) for seed in seeds for name in names]
+    calls = [(task, {"workspace": workspace, "name": name, "subset": samples[seed] if name == "full" else subsets[name],
+                     "reference": reference, "unseen": unseen, "cfg": cfg, "seed": seed, "tokens": budget})
+             for name, seed in keys]
+    runs: dict[str, dict[int, ArtifactRef]] = {name: {} for name in names}
+    for (name, seed), ref in zip(keys, run_tasks(calls, "probe")):
+        runs[name][seed] = ref
+    return ProbeRuns(runs, budget, profiles, notes)
 
 
-def assess_risk(stats: dict[str, dict], history: list[RiskPoint], cfg: RiskConfig) -> list[SubsetAssessment]:
-    """The entropy-law checks of each selected subset (zip, quad), from the probes' stats by subset, against the
-    random subset and the history."""
-    random = point_from_stats(stats["random"], cfg.ratio, "random") if "random" in stats else None
-    return [check_subset(name, point_from_stats(stats[name], cfg.ratio, name), random, history, cfg)
-            for name in ("zip", "quad") if name in stats]
+def compare_subsets(probes: ProbeRuns, cfg: ProbeConfig) -> ProbeComparison:
+    """Means with intervals over seeds, paired differences vs random, verdicts and learning speed."""
+    return compare_probes(probes.stats(), probes.curves(), cfg.confidence, cfg.speed_fraction, cfg.speed_level,
+                          probes.notes)
+
+
+def assess_risk(probes: ProbeRuns, history: list[RiskPoint], cfg: RiskConfig,
+                confidence: float) -> list[SubsetAssessment]:
+    """The entropy-law checks of each selected subset (zip, quad) against the random subset and the history. R's
+    noise between uniform samples comes from the 'full' probes' samples (one per seed)."""
+    stats = probes.stats()
+
+    def evidence(name: str) -> SubsetEvidence:
+        return SubsetEvidence(probes.profiles[name][f"R_{cfg.ratio}"],
+                              {seed: s["prequential_bpb"] for seed, s in stats[name].items()})
+
+    uniform = [s[f"R_{cfg.ratio}"] for s in stats.get("full", {}).values()]
+    tolerance = r_tolerance(uniform, confidence)
+    random = evidence(BASELINE) if BASELINE in probes.profiles else None
+    return [check_subset(name, evidence(name), random, history, cfg, confidence, tolerance)
+            for name in ("zip", "quad") if name in probes.profiles]

@@ -158,6 +158,13 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
     for stage, folder in summary.get("subsets", {}).items():
         if folder != summary["outputs"]:
             console.print(f"  {stage + ':':<18} {folder}")
+    if probes := summary.get("probes"):
+        console.print(f"Probes:              {probes['budget_tokens']} tokens each, seeds {probes['seeds']}; "
+                      f"held-out reference bits/byte, mean [{probes['confidence']:.0%} CI]; vs random: paired difference")
+        for name, row in probes["subsets"].items():
+            console.print(f"  {name + ':':<8} {row['reference_bpb']}  {row['verdict']}")
+        for note in probes["notes"]:
+            console.print(f"  note: {note}")
     if risk := summary.get("risk"):
         console.print(f"Entropy-law risk:    {risk['verdict']}")
     if "report" in summary:

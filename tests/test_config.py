@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from selectflow.cli import SAMPLE_CONFIG
-from selectflow.config import ConfigError, CurateConfig, NearDedupConfig, load_config
+from selectflow.config import ConfigError, CurateConfig, NearDedupConfig, ProbeConfig, load_config
 
 
 def test_sample_config_loads_and_resolves_paths():
@@ -15,10 +15,32 @@ def test_sample_config_loads_and_resolves_paths():
 
 def test_model_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path / "c.yaml").write_text("ingest: {inputs: [{path: data.jsonl}]}\ninfluence: {model_path: models/ref}\n"
-                                      "probe: {enabled: false, tokenizer_path: tok}\n")
+                                      "probe: {enabled: false, tokenizer: hf, tokenizer_path: tok}\n")
     config = load_config(tmp_path / "c.yaml")
     assert config.influence.model_path == str(tmp_path / "models/ref")
     assert config.probe.tokenizer_path == str(tmp_path / "tok")
+
+
+def test_probe_defaults_and_hf_only_options(tmp_path):
+    config = load_config(SAMPLE_CONFIG)
+    probe = config.probe
+    assert probe.tokenizer == "bytes" and probe.short_subset == "shrink" and probe.seeds == 3
+    assert probe.replicate_seeds == [probe.seed, probe.seed + 1, probe.seed + 2]
+    assert ProbeConfig(seed=5, seeds=2).replicate_seeds == [5, 6]
+    assert ProbeConfig().tokens == 1_048_576 and ProbeConfig().model.seq_len == 256
+    path = tmp_path / "c.yaml"
+    for field in ("tokenizer_path", "init_checkpoint"):
+        path.write_text(f"ingest: {{inputs: [{{path: data.jsonl}}]}}\nprobe: {{enabled: false, {field}: x}}\n")
+        with pytest.raises(ConfigError, match=f"probe.{field} needs a Hugging Face tokenizer; set probe.tokenizer: hf"):
+            load_config(path)
+    # replaced options are refused by name, not silently ignored
+    for old in ("eval_every: 4", "tokenizer: sentencepiece", "seeds: 0"):
+        path.write_text(f"ingest: {{inputs: [{{path: data.jsonl}}]}}\nprobe: {{enabled: false, {old}}}\n")
+        with pytest.raises(ConfigError, match=old.split(":")[0]):
+            load_config(path)
+    path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nprobe: {enabled: false}\nrisk: {ratio_tolerance: 0.02}\n")
+    with pytest.raises(ConfigError, match="ratio_tolerance"):
+        load_config(path)
 
 
 def test_selectors_that_score_influence_need_a_reference_set(tmp_path):

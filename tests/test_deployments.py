@@ -132,6 +132,7 @@ def failed_run_retried_from_ui(api: str, deployment_id: str, tmp_path: Path, cor
     return wait_for_run(api, run["id"]), before
 
 
+@pytest.mark.slow  # ~70 s on 2 cores
 def test_selectflow_serve_takes_triggered_runs(tmp_path, small_corpus):
     config = write_config(tmp_path / "c.yaml", [{"path": str(small_corpus / "part-0[0-3].jsonl")}], tmp_path / "ws")
     with prefect_server(tmp_path / "prefect-home") as api:

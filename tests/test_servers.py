@@ -47,6 +47,7 @@ def test_curate_reports_to_a_real_prefect_server(prefect_api, tmp_path, small_co
     assert all(run["state"]["type"] == "COMPLETED" for run in task_runs)
 
 
+@pytest.mark.slow  # ~65 s on 2 cores; the default suite must stay under 15 minutes
 def test_curate_on_an_existing_dask_scheduler(prefect_harness, tmp_path, small_corpus):
     from distributed import LocalCluster
 

@@ -104,7 +104,8 @@ def build_tiny_lm(folder: Path) -> None:
 
 def full_config(data: Path, workspace: Path) -> dict:
     """Every stage on: ingest (6 files of 200 documents + a file of bad records, one shard each), exact + near dedup, tfidf clusters, influence on
-    the tiny LM, selector both (ZIP: 12 rounds of k3=10) + random baseline, 4 probes, the risk check."""
+    the tiny LM, selector both (ZIP: 12 rounds of k3=10) + random baseline, probes of 4 subsets x 2 seeds, the
+    risk check."""
     tiny = str(data / "tiny-lm")
     return {
         "workspace": str(workspace),
@@ -121,8 +122,8 @@ def full_config(data: Path, workspace: Path) -> dict:
                       # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
                       "quad": {"budget": 120, "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10,
                                "threshold": -1.0}},
-        "probe": {"tokens": 512, "tokenizer_path": tiny, "batch_size": 2, "eval_every": 2, "eval_tokens": 128,
-                  "cpu_threads": 1, "model": {"hidden": 32, "heads": 4, "intermediate": 64, "seq_len": 32},
+        "probe": {"tokens": 512, "tokenizer": "hf", "tokenizer_path": tiny, "seeds": 2, "batch_size": 2,
+                  "evals": 4, "eval_tokens": 128, "cpu_threads": 1, "model": {"hidden": 32, "heads": 4, "intermediate": 64, "seq_len": 32},
                   "unseen": [{"path": str(SAMPLE / "unseen.jsonl.zst")}]},
         "risk": {"enabled": True, "fail_on_risk": False},
     }

@@ -23,18 +23,21 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import zstandard
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench" / "probe_validity"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from selectflow.config import ProbeConfig, ProbeModelConfig  # noqa: E402
-from selectflow.probe import budget_blocks, load_tokenizer  # noqa: E402
-from selectflow.schema import DOCS  # noqa: E402
-from selectflow.stages.probe import probe_stage  # noqa: E402
-from selectflow.store import ArtifactStore  # noqa: E402
+import corpora
+from corpora import near_duplicate
+
+from selectflow.config import ProbeConfig, ProbeModelConfig
+from selectflow.probe import budget_blocks, load_tokenizer
+from selectflow.schema import DOCS
+from selectflow.stages.probe import probe_stage
+from selectflow.store import ArtifactStore
 
 SAMPLE = ROOT / "selectflow" / "data" / "sample"
 POOL_FILES = {"prose": "prose.jsonl.zst", "code": "code.jsonl.zst", "dictionary": "dictionary.jsonl.zst",
@@ -43,9 +46,7 @@ MARGIN = 1.02  # subsets hold 2% more tokens than the budget: the probe trains o
 
 
 def read(name: str) -> list[str]:
-    with zstandard.open(SAMPLE / name, "rt", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
-    return [r.get("text") or "\n\n".join(turn["value"] for turn in r["conversations"]) for r in records]
+    return corpora.read(SAMPLE / name)
 
 
 def take(texts: list[str], tokens: int, count) -> list[str]:
@@ -57,17 +58,6 @@ def take(texts: list[str], tokens: int, count) -> list[str]:
         picked.append(text)
         total += count(text) + 1
     return picked
-
-
-def near_duplicate(text: str, rng: random.Random, edit: float = 0.05) -> str:
-    words = text.split(" ")
-    out = []
-    for word in words:
-        roll = rng.random()
-        if roll < edit / 2:
-            continue
-        out.append(rng.choice(words) if roll < edit else word)
-    return " ".join(out)
 
 
 def mixed(domains: dict[str, list[str]], dup_fraction: float, tokens: int, count, rng: random.Random) -> list[str]:
@@ -127,15 +117,18 @@ def main() -> None:
     parser.add_argument("--report", help="print the markdown tables of this results.json and exit")
     parser.add_argument("--tokens", type=int, default=12_288)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", choices=("hf", "bytes"), default="hf",
+                        help="'hf' (SmolLM2's, as in bench/RESULTS.md) or 'bytes' (the probes' default; --tokens are "
+                        "then bytes: about 4x as many for the same text)")
     args = parser.parse_args()
     if args.report:
         print(markdown(json.loads(Path(args.report).read_text())))
         return
     cfg = ProbeConfig(model=ProbeModelConfig(hidden=64, layers=2, heads=4, intermediate=256, seq_len=64),
-                      batch_size=8, tokens=args.tokens, learning_rate=5e-3, eval_every=8, eval_tokens=2048,
-                      seed=args.seed)
+                      batch_size=8, tokens=args.tokens, learning_rate=5e-3, evals=3, eval_tokens=2048,
+                      seed=args.seed, tokenizer=args.tokenizer)
     rng = random.Random(args.seed)
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, cfg.init_checkpoint)
     budget = budget_blocks(cfg.tokens, cfg.batch_size, cfg.model.seq_len) * cfg.model.seq_len
 
     def count(text: str) -> int:
@@ -155,7 +148,7 @@ def main() -> None:
     for name, texts in subsets.items():
         docs = store.build("bench_docs", {"name": name, "seed": args.seed}, [], "bench",
                            lambda writer, texts=texts, name=name: writer.write("docs", table(texts, name)))
-        s = probe_stage(store, name, [docs], reference, unseen, cfg).manifest()["stats"]
+        s = probe_stage(store, name, [docs], reference, unseen, cfg, args.seed, budget).manifest()["stats"]
         rows.append({"subset": name, **{k: s[k] for k in ("tokens", "epochs", "R_zlib", "R_zstd", "first_epoch_loss",
                                                            "prequential_bpb", "reference_loss", "reference_bpb",
                                                            "unseen_loss", "unseen_bpb", "wall_s")}})

@@ -8,8 +8,9 @@ How a subset is cut to the budget (the same rule for every compared subset):
    `steps = tokens // (batch_size * seq_len)`, i.e. `tokens` rounded down to whole batches;
 4. the unique blocks (epoch 1) are the first ones of the stream, in stream order shuffled with the seed. When a
    subset is too small (fewer unique blocks than the budget), `short_subset="repeat"` appends further epochs of the
-   same blocks, each reshuffled, until the budget is met ("error" raises instead). The last, partial block of a
-   stream is dropped.
+   same blocks, each reshuffled, until the budget is met ("error" and "shrink" raise instead: with "shrink" the flow
+   has already lowered every probe's budget to the smallest subset, see `common_budget`). The last, partial block
+   of a stream is dropped.
 """
 
 from __future__ import annotations
@@ -70,6 +71,29 @@ def budget_blocks(tokens: int, batch_size: int, seq_len: int) -> int:
     return steps * batch_size
 
 
+def stream_tokens(texts: list[str], tokenizer: ProbeTokenizer) -> int:
+    """Tokens of a subset's whole packed stream (each document + its separator)."""
+    if tokenizer.name == "bytes":  # no need to materialize the ids
+        return sum(len(text.encode("utf-8")) + 1 for text in texts)
+    return sum(len(ids) + 1 for start in range(0, len(texts), _ENCODE_BATCH)
+               for ids in tokenizer.encode_batch(texts[start:start + _ENCODE_BATCH]))
+
+
+def common_budget(tokens: int, subset_tokens: dict[str, int], batch_size: int, seq_len: int) -> tuple[int, str]:
+    """The budget every probe of a run trains on with short_subset 'shrink': `tokens`, or the smallest subset's
+    whole batches when that is less, so that every subset trains one epoch on equal tokens; and a note saying so."""
+    wanted = budget_blocks(tokens, batch_size, seq_len) * seq_len
+    name, smallest = min(subset_tokens.items(), key=lambda item: item[1])
+    fits = (smallest // seq_len) // batch_size * batch_size * seq_len
+    if fits >= wanted:
+        return wanted, ""
+    if fits == 0:
+        raise ValueError(f"probe: subset {name!r} holds {smallest} tokens, less than one batch of {batch_size} x "
+                         f"{seq_len}; select more (selection budgets) or lower probe.batch_size / model.seq_len")
+    return fits, (f"probe budget lowered from {wanted} to {fits} tokens for every subset: {name!r} holds only "
+                  f"{smallest}, and subsets are compared on equal tokens, one epoch each (probe.short_subset)")
+
+
 def pack_train(
     texts: list[str],
     tokenizer: ProbeTokenizer,
@@ -93,10 +117,10 @@ def pack_train(
             f"probe: subset {name!r} holds {len(stream)} tokens, less than one block of seq_len {seq_len}; "
             "add documents or lower probe.model.seq_len"
         )
-    if unique < wanted and short_subset == "error":
+    if unique < wanted and short_subset != "repeat":
         raise ValueError(
             f"probe: subset {name!r} holds {unique * seq_len} tokens in whole blocks, less than the budget "
-            f"{wanted * seq_len}; lower probe.tokens or set probe.short_subset='repeat'"
+            f"{wanted * seq_len}; lower probe.tokens, select more, or set probe.short_subset='repeat'"
         )
     used = unique * seq_len
     epoch = np.asarray(stream[:used], dtype=np.int64).reshape(unique, seq_len)

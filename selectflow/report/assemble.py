@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import collections
 import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from selectflow.config import RiskConfig
 from selectflow.lineage import SUBSET_OF_STAGE
+from selectflow.probe.compare import BASELINE, Interval, ProbeComparison, compare_probes, t_interval
 from selectflow.report.data import (
     Bandit,
     BanditRound,
+    BandPoint,
     ClusterComposition,
-    CurvePoint,
     DomainComposition,
+    Estimate,
     FunnelStep,
-    HeldoutPoint,
     HistoryPoint,
+    ProbeDifference,
     ProbeResult,
+    Probes,
     ProbeSummary,
     Risk,
     RiskCheck,
@@ -30,11 +37,23 @@ from selectflow.report.data import (
 )
 from selectflow.risk import RiskPoint, SubsetAssessment, combine, fit_history
 from selectflow.runs import RunRecord
-from selectflow.store import package_code_version
+from selectflow.store import ArtifactRef, package_code_version
+
+HELDOUT_SETS = ("reference", "unseen")
+MAX_TRAIN_POINTS = 200  # training bpb is averaged over bins of consecutive steps down to this many points
 
 
-def assemble_report(run: RunRecord, risk: Risk | None = None, speeds: dict[str, int | None] | None = None) -> RunReport:
-    """The report of a finished run (its summary must be computed); `speeds`: steps to the shared held-out level."""
+class ProbeRunsLike(Protocol):
+    """What the risk section needs of `flows.evaluate.ProbeRuns`: whole-subset profiles and per-seed stats."""
+
+    profiles: dict[str, dict]
+
+    def stats(self) -> dict[str, dict[int, dict]]: ...
+
+
+def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeComparison | None = None) -> RunReport:
+    """The report of a finished run (its summary must be computed); `comparison`: the probes compared over seeds
+    (computed here from the probe artifacts when not given)."""
     subsets = {name: run.refs(stage)[0] for stage, name in SUBSET_OF_STAGE.items() if run.refs(stage)}
     selection = run.config.get("selection", {})
     return RunReport(
@@ -50,8 +69,8 @@ def assemble_report(run: RunRecord, risk: Risk | None = None, speeds: dict[str, 
         domains=_domains(run, subsets),
         bandit=_bandit(subsets.get("quad"), selection.get("quad", {}).get("bandit", "ucb")),
         zip=Zip(rounds=_rounds(subsets["zip"])) if "zip" in subsets and _rounds(subsets["zip"]) else None,
-        probes={stage.removeprefix("probe_"): _probe(run.refs(stage)[0], (speeds or {}).get(stage[6:]))
-                for stage in run.stages if stage.startswith("probe_")},
+        probes=probe_section({stage.removeprefix("probe_"): run.refs(stage) for stage in run.stages
+                              if stage.startswith("probe_") and run.refs(stage)}, comparison),
         risk=risk,
     )
 
@@ -72,6 +91,7 @@ def _config_summary(config: dict) -> dict:
     probe = config.get("probe", {})
     if probe.get("enabled"):
         summary["probe tokens per subset"] = probe.get("tokens")
+        summary["probe seeds"] = probe.get("seeds")
     return summary
 
 
@@ -124,46 +144,132 @@ def _bandit(ref, kind: str) -> Bandit | None:
         for r in rounds])
 
 
-def _probe(ref, steps_to_level: int | None) -> ProbeResult:
-    curve = ref.read("curve").to_pylist()
-    stats = ref.manifest()["stats"]
-    sets = [key.removesuffix("_loss") for key in curve[0] if key.endswith("_loss") and key != "train_loss"]
-    return ProbeResult(
-        curve=[CurvePoint(step=row["step"], tokens=row["tokens_seen"], train_loss=row["train_loss"],
-                          train_bpb=row["train_bpb"]) for row in curve if row["train_loss"] is not None],
-        heldout=[HeldoutPoint(step=row["step"], set=name, loss=row[f"{name}_loss"])
-                 for row in curve for name in sets if row[f"{name}_loss"] is not None],
-        summary=ProbeSummary(first_epoch_loss=stats.get("first_epoch_loss"),
-                             prequential_bpb=stats.get("prequential_bpb"),
-                             final_heldout={name: stats[f"{name}_loss"] for name in sets if f"{name}_loss" in stats},
-                             steps_to_heldout_level=steps_to_level),
+def probe_section(
+    refs: Mapping[str, Sequence[ArtifactRef]], comparison: ProbeComparison | None = None
+) -> Probes | None:
+    """Each subset's probes (one artifact per seed) as curves with intervals over seeds, and the comparison's
+    summaries, paired differences and verdicts (compared here, at the default settings, when not given)."""
+    if not refs:
+        return None
+    loaded = {name: [(ref.manifest()["stats"], ref.read("curve").to_pydict()) for ref in by_seed]
+              for name, by_seed in refs.items()}
+    stats = {name: {int(s["seed"]): s for s, _ in pairs} for name, pairs in loaded.items()}
+    curves = {name: {int(s["seed"]): curve for s, curve in pairs} for name, pairs in loaded.items()}
+    if comparison is None:
+        comparison = compare_probes(stats, {name: {seed: (c["step"], c["reference_bpb"]) for seed, c in by_seed.items()
+                                                   if "reference_bpb" in c} for name, by_seed in curves.items()})
+    return Probes(
+        budget_tokens=comparison.budget_tokens,
+        seeds=comparison.seeds,
+        confidence=comparison.confidence,
+        baseline=BASELINE,
+        speed_level=comparison.speed_level,
+        subsets={name: _probe_result(name, curves[name], comparison) for name in refs},
+        differences=[ProbeDifference(subset=d.subset, metric=d.metric, verdict=d.verdict, sentence=d.sentence,
+                                     seeds_to_decide=d.seeds_to_decide,
+                                     **({} if d.interval is None else _bounds(d.interval)))
+                     for d in comparison.differences],
+        notes=comparison.notes,
     )
 
 
+def _bounds(interval: Interval) -> dict:
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high}
+
+
+def _estimate(interval: Interval | None) -> Estimate | None:
+    return None if interval is None else Estimate(**_bounds(interval), n=interval.n)
+
+
+def _probe_result(name: str, curves: Mapping[int, dict], comparison: ProbeComparison) -> ProbeResult:
+    metrics = comparison.metrics.get(name, {})
+    speed = comparison.speed.get(name)
+    seeds = sorted(curves)
+    columns = [curves[seed] for seed in seeds]
+    width = max(1, math.ceil(max(len(c["step"]) for c in columns) / MAX_TRAIN_POINTS))
+    return ProbeResult(
+        seeds=seeds,
+        train=_band([_binned(c["step"], c["train_bpb"], width) for c in columns if "train_bpb" in c],
+                    comparison.confidence),
+        heldout={s: band for s in HELDOUT_SETS
+                 if (band := _band([(c["step"], c[f"{s}_bpb"]) for c in columns if f"{s}_bpb" in c],
+                                   comparison.confidence))},
+        summary=ProbeSummary(epochs=comparison.epochs.get(name),
+                             reference_bpb=_estimate(metrics.get("reference_bpb")),
+                             unseen_bpb=_estimate(metrics.get("unseen_bpb")),
+                             prequential_bpb=_estimate(metrics.get("prequential_bpb")),
+                             speed=speed.text if speed is not None else None),
+        verdict=comparison.verdicts.get(name),
+    )
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _binned(steps: Sequence[int], values: Sequence[float | None], width: int) -> tuple[list[int], list[float]]:
+    """Means of `width` consecutive values (the last step of each bin stands for it); missing values skipped."""
+    pairs = [(step, value) for step, value in zip(steps, values) if _finite(value)]
+    bins = [pairs[i:i + width] for i in range(0, len(pairs), width)]
+    return [b[-1][0] for b in bins], [float(np.mean([v for _, v in b])) for b in bins]
+
+
+def _band(series: Sequence[tuple[Sequence[int], Sequence[float | None]]], confidence: float) -> list[BandPoint]:
+    """Mean and t interval over seeds at each step any seed has a value for."""
+    by_step: dict[int, list[float]] = collections.defaultdict(list)
+    for steps, values in series:
+        for step, value in zip(steps, values):
+            if _finite(value):
+                by_step[int(step)].append(float(value))
+    return [BandPoint(step=step, **_bounds(interval), n=interval.n)
+            for step, interval in ((step, t_interval(values, confidence)) for step, values in sorted(by_step.items()))]
+
+
 def risk_section(
-    assessed: list[SubsetAssessment], probes: dict[str, dict], history: list[RiskPoint], cfg: RiskConfig
+    assessed: list[SubsetAssessment], probes: ProbeRunsLike, history: list[RiskPoint], cfg: RiskConfig
 ) -> Risk:
-    """The report's risk section from the checks of each selected subset; `probes`: probe stats by subset,
-    `history`: the points the history check used."""
+    """The report's risk section from the checks of each selected subset; `probes`: the run's probes (R of each
+    whole subset, L and held-out bpb as means over seeds), `history`: the points the history check used."""
     overall = combine(*[item.verdict for item in assessed]) if assessed else None
-    fit = fit_history(history)
+    usable = [p for p in history if _finite(p.heldout_bpb)]
+    fit = fit_history(usable) if len(usable) >= cfg.min_history else None
+    direction = fit.direction(cfg.interval_level) if fit is not None else None
     primary = next((item for item in assessed if "history.predicted_loss" in item.verdict.numbers), None)
+    numbers = primary.verdict.numbers if primary else {}
     return Risk(
         overall=overall.verdict if overall else "insufficient history",
         reason=" ".join(f"{item.subset.upper()}: {item.verdict.verdict}. {item.verdict.reason}" for item in assessed)
         or "No selected subset was probed, so nothing was checked.",
         ratio_name=f"R_{cfg.ratio}",
-        subsets={name: SubsetRisk(R_zlib=stats.get("R_zlib"), R_zstd=stats.get("R_zstd"),
-                                  L=stats.get("first_epoch_loss")) for name, stats in probes.items()},
+        subsets=_subset_risks(probes),
         checks=[RiskCheck(name=f"vs {check.check}", subset=item.subset, verdict=check.verdict, detail=check.reason)
                 for item in assessed for check in item.checks],
-        history=[HistoryPoint(run_id=point.label, R=point.R, L=point.L, heldout_loss=point.heldout_loss)
+        history=[HistoryPoint(run_id=point.label, R=point.R, L=point.L, heldout_bpb=point.heldout_bpb,
+                              predicted_heldout=fit.predict(point.R, point.L, cfg.interval_level)[0] if fit else None)
                  for point in history],
         fit=None if fit is None else RiskFit(
             coefficients=dict(zip(("intercept", "R", "L"), map(float, fit.coef))),
-            predicted_heldout=primary.verdict.numbers["history.predicted_loss"] if primary else None,
-            interval=(primary.verdict.numbers["history.interval_low"], primary.verdict.numbers["history.interval_high"])
-            if primary else None,
-            level=cfg.interval_level, n_runs=fit.n),
+            predicted_heldout=numbers.get("history.predicted_loss"),
+            interval=(numbers["history.interval_low"], numbers["history.interval_high"]) if primary else None,
+            level=cfg.interval_level, n_runs=fit.n,
+            R_interval=(direction.low, direction.high) if direction is not None else None,
+            direction=direction.text if direction is not None else ""),
         min_history=cfg.min_history,
     )
+
+
+def _subset_risks(probes: ProbeRunsLike) -> dict[str, SubsetRisk]:
+    """R of each whole subset (the 'full' samples: mean over seeds), L and reference bpb as means over seeds."""
+
+    def mean(values) -> float | None:
+        values = [float(v) for v in values if _finite(v)]
+        return float(np.mean(values)) if values else None
+
+    subsets = {}
+    for name, by_seed in probes.stats().items():
+        seeds = list(by_seed.values())
+        profile = probes.profiles.get(name) or {key: mean(s.get(key) for s in seeds) for key in ("R_zlib", "R_zstd")}
+        subsets[name] = SubsetRisk(R_zlib=profile.get("R_zlib"), R_zstd=profile.get("R_zstd"),
+                                   L=mean(s.get("prequential_bpb") for s in seeds),
+                                   heldout_bpb=mean(s.get("reference_bpb") for s in seeds))
+    return subsets

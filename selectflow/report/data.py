@@ -4,6 +4,9 @@ Every section is optional; `report.assemble` fills what a run produced (a run wi
 first run has no history). `RunReport.model_validate_json(...)` / `.model_dump_json()` round-trip it, so the
 model can be written next to the run's artifacts and re-rendered later.
 
+Every loss is in bits per byte (bpb): comparable across tokenizers, lower is better. Probe results are over
+seeds, as means with confidence intervals.
+
 Subset names are free text ("zip", "quad", "random", "topk", ...) and key every per-subset field; the
 report gives each subset one colour across all plots.
 """
@@ -15,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Verdict = Literal["ok", "at risk", "insufficient history"]
+Verdict = Literal["ok", "at risk", "inconclusive", "law contradicted", "insufficient history"]
 
 
 class _Model(BaseModel):
@@ -94,40 +97,98 @@ class Zip(_Model):
     rounds: list[ZipRound] = Field(..., min_length=1)
 
 
-class CurvePoint(_Model):
-    step: int = Field(..., ge=0)
-    tokens: int = Field(..., ge=0, description="Training tokens seen so far.")
-    train_loss: float = Field(..., description="Training loss (nats/token) of the batch at this step.")
-    train_bpb: float | None = Field(None, description="Training loss in bits per byte.")
+class Estimate(_Model):
+    """A mean over seeds with its t confidence interval (low = high = None from a single seed)."""
+
+    mean: float
+    low: float | None = None
+    high: float | None = None
+    n: int = Field(1, ge=1, description="Seeds the mean is over.")
+
+    @model_validator(mode="after")
+    def _both_bounds(self) -> Estimate:
+        if (self.low is None) != (self.high is None):
+            raise ValueError(f"estimate {self.mean}: give both interval bounds (low, high) or neither")
+        return self
 
 
-class HeldoutPoint(_Model):
+class BandPoint(Estimate):
+    """One step of a curve over seeds: the mean and its confidence interval at that step."""
+
     step: int = Field(..., ge=0)
-    set: str = Field(..., description="Held-out set name (e.g. 'reference', 'pool').")
-    loss: float = Field(..., description="Held-out loss (nats/token).")
 
 
 class ProbeSummary(_Model):
-    first_epoch_loss: float | None = Field(None, description="L of the Entropy Law: mean first-epoch train loss.")
-    prequential_bpb: float | None = Field(None, description="Prequential code length, bits per byte.")
-    final_heldout: dict[str, float] = Field({}, description="Held-out set -> final loss.")
-    steps_to_heldout_level: int | None = Field(None, description="Steps to reach the target held-out level.")
+    """One subset's probe results over seeds (every loss in bits per byte, lower is better)."""
+
+    epochs: float | None = Field(None, gt=0, description="Passes over the subset's unique tokens (1 = no token "
+                                 "repeated); the largest over seeds. Subsets repeated differently are not compared.")
+    reference_bpb: Estimate | None = Field(None, description="Final held-out bpb on the reference (target) set.")
+    unseen_bpb: Estimate | None = Field(None, description="Final held-out bpb on the unseen-domain set.")
+    prequential_bpb: Estimate | None = Field(
+        None, description="L of the Entropy Law: the first-epoch training loss in bpb (= prequential code length).")
+    speed: str | None = Field(None, description="Steps to the shared reference level: the interval over seeds, or "
+                              "'not reached (k of n seeds)'.")
 
 
 class ProbeResult(_Model):
-    curve: list[CurvePoint] = []
-    heldout: list[HeldoutPoint] = []
+    """One subset's probes, one per seed, summarized over the seeds."""
+
+    seeds: list[int] = Field([], description="The seeds this subset was probed with.")
+    train: list[BandPoint] = Field([], description="Training bpb over seeds (consecutive steps averaged in bins).")
+    heldout: dict[str, list[BandPoint]] = Field(
+        {}, description="Held-out set ('reference', 'unseen') -> bpb at each evaluated step, over seeds.")
     summary: ProbeSummary = Field(default_factory=ProbeSummary)
+    verdict: str | None = Field(None, description="One sentence: this subset vs the baseline on the reference set.")
+
+
+Comparison = Literal["better", "worse", "indistinguishable", "not comparable"]
+
+
+class ProbeDifference(_Model):
+    """A subset's paired difference vs the baseline on one metric (subset - baseline, bpb; negative = better)."""
+
+    subset: str
+    metric: str = Field(..., description="reference_bpb, unseen_bpb or prequential_bpb.")
+    mean: float | None = Field(None, description="Mean paired difference; None when the comparison is refused.")
+    low: float | None = None
+    high: float | None = None
+    verdict: Comparison
+    sentence: str = ""
+    seeds_to_decide: int | None = Field(None, ge=2, description="Seeds that would decide a difference this large.")
+
+    @model_validator(mode="after")
+    def _numbers_unless_refused(self) -> ProbeDifference:
+        if self.verdict != "not comparable" and self.mean is None:
+            raise ValueError(f"difference {self.subset}/{self.metric}: verdict {self.verdict!r} needs a mean")
+        return self
+
+
+class Probes(_Model):
+    """The probe section: each subset's results over seeds and its paired differences vs the baseline."""
+
+    budget_tokens: int | None = Field(None, ge=0, description="Training tokens of every probe (equal budgets).")
+    seeds: list[int] = Field([], description="Paired seeds: every subset trains once per seed.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Level of every confidence interval (t over seeds).")
+    baseline: str = Field("random", description="The subset every difference is taken against.")
+    speed_level: float | None = Field(None, description="Reference bpb level the learning speed counts steps to.")
+    subsets: dict[str, ProbeResult] = Field({}, description="subset -> its probes over seeds.")
+    differences: list[ProbeDifference] = []
+    notes: list[str] = Field([], description="Caveats of the comparison (budgets lowered, no baseline, ...).")
+
+    def difference(self, subset: str, metric: str) -> ProbeDifference | None:
+        return next((d for d in self.differences if d.subset == subset and d.metric == metric), None)
 
 
 class SubsetRisk(_Model):
     R_zlib: float | None = None
     R_zstd: float | None = None
-    L: float | None = Field(None, description="First-epoch training loss of the probe on this subset.")
+    L: float | None = Field(None, description="First-epoch training loss in bpb (mean over seeds).")
+    heldout_bpb: float | None = Field(None, description="Final reference held-out bpb (mean over seeds).")
 
 
 class RiskCheck(_Model):
-    name: str = Field(..., description="e.g. 'vs random', 'vs history'.")
+    name: str = Field(..., description="e.g. 'vs reference', 'vs history'.")
     subset: str | None = None
     verdict: Verdict
     detail: str = ""
@@ -136,23 +197,36 @@ class RiskCheck(_Model):
 class HistoryPoint(_Model):
     run_id: str
     R: float
-    L: float
-    heldout_loss: float | None = None
+    L: float = Field(..., description="First-epoch training loss in bpb.")
+    heldout_bpb: float | None = Field(None, description="Reference held-out bpb.")
     predicted_heldout: float | None = Field(None, description="The fit's prediction for that run, if known.")
 
 
 class RiskFit(_Model):
-    """A fit of held-out loss on R and L over the history.
+    """A fit of held-out bpb on R and L over the history.
 
     `coefficients` names its terms; when they are exactly {intercept, R, L} the fit is linear and the
-    scatter draws its iso-loss lines.
+    scatter draws its line at the history's mean L.
     """
 
     coefficients: dict[str, float]
-    predicted_heldout: float | None = Field(None, description="Predicted held-out loss of this run.")
+    predicted_heldout: float | None = Field(None, description="Predicted held-out bpb of this run.")
     interval: tuple[float, float] | None = Field(None, description="Prediction interval of this run (low, high).")
-    level: float = Field(0.9, gt=0, lt=1, description="Coverage of the interval.")
+    level: float = Field(0.9, gt=0, lt=1, description="Coverage of the intervals.")
     n_runs: int | None = Field(None, ge=0, description="Runs the fit used.")
+    R_interval: tuple[float, float] | None = Field(
+        None, description="Interval of R's coefficient at `level` (its sign: the law's direction in this history).")
+    direction: str = Field("", description="The sign statement, e.g. '... which contradicts the Entropy Law's "
+                           "direction (higher R, worse)'.")
+
+    @property
+    def sign(self) -> str | None:
+        """How R's coefficient relates to the Entropy Law (higher R, higher held-out bpb), or None without interval."""
+        if self.R_interval is None:
+            return None
+        low, high = self.R_interval
+        return ("contradicts the Entropy Law" if high < 0 else "agrees with the Entropy Law" if low > 0
+                else "neither confirms nor contradicts the Entropy Law")
 
 
 class Risk(_Model):
@@ -180,7 +254,7 @@ class RunReport(_Model):
     domains: DomainComposition | None = None
     bandit: Bandit | None = None
     zip: Zip | None = None
-    probes: dict[str, ProbeResult] = Field({}, description="subset -> probe training result.")
+    probes: Probes | None = None
     risk: Risk | None = None
 
     def subset_names(self) -> list[str]:
@@ -195,7 +269,8 @@ class RunReport(_Model):
             found.append(self.bandit.subset)
         if self.zip:
             found.append(self.zip.subset)
-        found += list(self.probes)
+        if self.probes:
+            found += list(self.probes.subsets)
         if self.risk:
             found += list(self.risk.subsets) + [c.subset for c in self.risk.checks if c.subset]
         for name in found:

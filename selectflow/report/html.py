@@ -12,9 +12,12 @@ import matplotlib
 import numpy as np
 
 from selectflow.report import plots
-from selectflow.report.data import Risk, RunReport
+from selectflow.report.data import Estimate, Probes, Risk, RunReport
 
-VERDICT_CLASS = {"ok": "ok", "at risk": "risk", "insufficient history": "unknown"}
+VERDICT_CLASS = {"ok": "ok", "at risk": "risk", "inconclusive": "inconclusive", "law contradicted": "contradicted",
+                 "insufficient history": "unknown"}
+COMPARISON_CLASS = {"better": "ok", "worse": "risk", "indistinguishable": "unknown", "not comparable": "refused"}
+METRIC_NAMES = {"reference_bpb": "reference", "unseen_bpb": "unseen", "prequential_bpb": "first epoch (L)"}
 SECTIONS = [
     ("funnel", "Stage funnel"),
     ("clusters", "Cluster composition"),
@@ -41,6 +44,9 @@ code, td.num { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font
 .verdict.ok { background: #e9f7ef; border-color: #1a7f37; } .verdict.ok .value { color: #1a7f37; }
 .verdict.risk { background: #fdecec; border-color: #cf222e; } .verdict.risk .value { color: #cf222e; }
 .verdict.unknown { background: #fff6e0; border-color: #bf8700; } .verdict.unknown .value { color: #9a6700; }
+.verdict.inconclusive { background: #eef4fd; border-color: #0969da; } .verdict.inconclusive .value { color: #0550ae; }
+.verdict.contradicted { background: #f6f0fe; border-color: #8250df; }
+.verdict.contradicted .value { color: #6639ba; }
 .verdict.none { background: var(--bg); border-color: #8c959f; } .verdict.none .value { color: var(--muted); }
 nav { margin: 12px 0 8px; font-size: 13px; } nav a { margin-right: 14px; color: #0969da; text-decoration: none; }
 section { margin-top: 34px; }
@@ -59,6 +65,11 @@ td.subset { white-space: nowrap; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
 .badge.ok { background: #dafbe1; color: #1a7f37; } .badge.risk { background: #ffebe9; color: #cf222e; }
 .badge.unknown { background: #fff8c5; color: #9a6700; }
+.badge.inconclusive { background: #ddf4ff; color: #0550ae; }
+.badge.contradicted { background: #fbefff; color: #6639ba; }
+.badge.refused { background: #eaeef2; color: #59636e; }
+ul.sentences, ul.notes { margin: 6px 0 10px; padding-left: 20px; font-size: 14px; }
+ul.notes { color: var(--muted); }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; margin: 8px 0; font-size: 14px; }
 dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
 """
@@ -117,7 +128,13 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+class _Figures(str):
+    """Pre-formatted numbers (an interval): shown like a number, right-aligned in monospace."""
+
+
 def _cell(value, digits: int = 4) -> str:
+    if isinstance(value, _Figures):
+        return f'<td class="num">{escape(value)}</td>'
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     return f'<td class="num">{escape(_fmt(value, digits))}</td>' if numeric else f"<td>{escape(_fmt(value))}</td>"
 
@@ -302,22 +319,89 @@ def _zip_section(report: RunReport, colours: dict[str, str]) -> str:
     return _section("zip", _facts(facts) + plot)
 
 
+def _interval(value: Estimate | None, digits: int = 3) -> _Figures:
+    if value is None:
+        return _Figures("–")
+    if value.low is None:
+        return _Figures(f"{value.mean:.{digits}f} (1 seed)")
+    return _Figures(f"{value.mean:.{digits}f} [{value.low:.{digits}f}, {value.high:.{digits}f}]")
+
+
+def _epochs(epochs: float | None) -> _Figures:
+    if epochs is None:
+        return _Figures("–")
+    return _Figures(f"{epochs:.2f}" + (" (repeated)" if epochs > 1.0 + 1e-9 else ""))
+
+
 def _probe_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
-    if not report.probes:
+    probes = report.probes
+    if probes is None or not probes.subsets:
         return _section("probes", _note("No probe models were trained in this run."))
-    ordered = [n for n in names if n in report.probes]
-    sets = sorted({s for n in ordered for s in report.probes[n].summary.final_heldout})
-    rows = []
-    for name in ordered:
-        summary = report.probes[name].summary
-        rows.append((_subset_label(name, colours), summary.first_epoch_loss, summary.prequential_bpb,
-                     *(summary.final_heldout.get(s) for s in sets), summary.steps_to_heldout_level))
-    headers = ["subset", "first-epoch loss L (nats/token)", "prequential code (bits/byte)",
-               *(f"final held-out: {s}" for s in sets), "steps to held-out level"]
-    plot = _figure_html(lambda: plots.probe_figure(report.probes, ordered, colours), "probe loss curves")
-    if not plot:
-        plot = _note("The probes recorded no loss curve.")
-    return _section("probes", plot + _table(headers, rows, first_raw=True))
+    ordered = [n for n in names if n in probes.subsets]
+    conf = f"{100 * probes.confidence:.0f}%"
+    facts = [("training tokens per probe", probes.budget_tokens),
+             ("seeds (paired)", ", ".join(map(str, probes.seeds)) or None),
+             ("intervals", f"{conf} t interval over seeds" if len(probes.seeds) > 1 else "none (one seed)"),
+             ("baseline", probes.baseline),
+             ("learning-speed level", f"{probes.speed_level:.3f} reference bpb" if probes.speed_level else None)]
+    parts = [_facts(facts), "<p>Every loss is in bits per byte (bpb): lower is better.</p>"]
+    curves = _figure_html(lambda: plots.probe_figure(probes, ordered, colours),
+                          "probe curves: training and held-out bits per byte with confidence bands",
+                          f"Lines: mean over seeds; shaded bands: {conf} confidence interval over seeds at each "
+                          "evaluated step.")
+    parts.append(curves or _note("The probes recorded no loss curve."))
+    parts.append(_verdicts(probes, ordered, colours))
+    parts.append(_differences(probes, names, colours))
+    rows = [(_subset_label(n, colours), _epochs(s.epochs), _interval(s.reference_bpb), _interval(s.unseen_bpb),
+             _interval(s.prequential_bpb), _Figures(s.speed or "–"))
+            for n in ordered for s in [probes.subsets[n].summary]]
+    parts.append(f"<h3>Results over seeds (mean [{conf} CI])</h3>" + _table(
+        ["subset", "epochs", "reference bpb", "unseen bpb", "first-epoch bpb L", "learning speed (steps)"], rows,
+        first_raw=True))
+    if probes.notes:
+        parts.append("<h3>Notes</h3><ul class=\"notes\">" + "".join(f"<li>{escape(n)}</li>" for n in probes.notes)
+                     + "</ul>")
+    return _section("probes", "\n".join(parts))
+
+
+def _verdicts(probes: Probes, ordered: list[str], colours: dict[str, str]) -> str:
+    items = [f"<li>{_subset_label(n, colours)}: {escape(probes.subsets[n].verdict)}</li>"
+             for n in ordered if probes.subsets[n].verdict]
+    if not items:
+        return ""
+    return f"<h3>Verdicts vs {escape(probes.baseline)}</h3><ul class=\"sentences\">{''.join(items)}</ul>"
+
+
+def _difference_text(diff) -> _Figures | str:
+    if diff.verdict == "not comparable":
+        return "not comparable"
+    if diff.low is None:
+        return _Figures(f"{diff.mean:+.3f} (1 seed)")
+    return _Figures(f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]")
+
+
+def _differences(probes: Probes, names: list[str], colours: dict[str, str]) -> str:
+    if not probes.differences:
+        return _note(f"No paired differences: the {probes.baseline} subset and at least one other were not both "
+                     "probed, so nothing was compared.")
+    forest = _figure_html(lambda: plots.forest_figure(probes, names, colours),
+                          f"forest plot: each subset's paired difference vs {probes.baseline} with its interval",
+                          f"Subset minus {probes.baseline}, paired by seed; left of the line at 0 is better. A "
+                          "comparison across different repetition (epochs) is refused: 'not comparable'.")
+    order = {name: index for index, name in enumerate(names)}
+    metrics = list(METRIC_NAMES)
+    ranked = sorted(probes.differences, key=lambda d: (order.get(d.subset, len(order)), d.subset,
+                                                        metrics.index(d.metric) if d.metric in metrics else 9))
+    rows = "".join(
+        f'<tr><td class="subset">{_subset_label(d.subset, colours)}</td>'
+        f"<td>{escape(METRIC_NAMES.get(d.metric, d.metric))}</td>{_cell(_difference_text(d))}"
+        f'<td><span class="badge {COMPARISON_CLASS[d.verdict]}">{escape(d.verdict)}</span></td>'
+        f"<td>{escape(d.sentence)}</td></tr>"
+        for d in ranked)
+    table = ('<table class="differences"><thead><tr><th>subset</th><th>set</th>'
+             f'<th class="num">difference vs {escape(probes.baseline)} (bpb)</th><th>verdict</th><th>detail</th>'
+             f"</tr></thead><tbody>{rows}</tbody></table>")
+    return f"<h3>Differences vs {escape(probes.baseline)}</h3>" + forest + table
 
 
 def _risk_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
@@ -329,13 +413,14 @@ def _risk_section(report: RunReport, names: list[str], colours: dict[str, str]) 
     if risk.fit is None:
         parts.append(_note(f"No fit yet: the history holds {len(risk.history)} earlier run(s).{fit_needs} "
                            "The scatter shows the points that exist."))
-    plot = _figure_html(lambda: plots.risk_figure(risk, names, colours), "R versus L scatter with this run")
-    parts.append(plot or _note("Nothing to plot: neither this run nor the history has both R and L."))
+    plot = _figure_html(lambda: plots.risk_figure(risk, names, colours),
+                        "R versus held-out bits per byte with this run and the fit's sign")
+    parts.append(plot or _note("Nothing to plot: neither this run nor the history has both R and a held-out bpb."))
     if risk.subsets:
-        rows = [(_subset_label(n, colours), risk.subsets[n].R_zlib, risk.subsets[n].R_zstd, risk.subsets[n].L)
-                for n in names if n in risk.subsets]
-        parts.append("<h3>This run</h3>" + _table(["subset", "R_zlib", "R_zstd", "L (nats/token)"], rows,
-                                                    first_raw=True))
+        rows = [(_subset_label(n, colours), risk.subsets[n].R_zlib, risk.subsets[n].R_zstd, risk.subsets[n].L,
+                 risk.subsets[n].heldout_bpb) for n in names if n in risk.subsets]
+        parts.append("<h3>This run</h3>" + _table(
+            ["subset", "R_zlib", "R_zstd", "first-epoch bpb L", "reference held-out bpb"], rows, first_raw=True))
     if risk.checks:
         rows = "".join(
             f"<tr><td>{escape(c.name)}</td>"
@@ -349,8 +434,12 @@ def _risk_section(report: RunReport, names: list[str], colours: dict[str, str]) 
     if risk.fit is not None:
         fit = risk.fit
         facts = [(f"coefficient {k}", v) for k, v in fit.coefficients.items()]
-        facts += [("runs in the fit", fit.n_runs), ("predicted held-out loss", fit.predicted_heldout)]
+        if (sign := plots.fit_sign_text(risk)) is not None:
+            facts.append((f"R's coefficient ({100 * fit.level:.0f}% interval)", sign))
+        if fit.direction:
+            facts.append(("direction", fit.direction))
+        facts += [("runs in the fit", fit.n_runs), ("predicted held-out bpb", fit.predicted_heldout)]
         if fit.interval is not None:
             facts.append((f"{100 * fit.level:.0f}% interval", f"{_fmt(fit.interval[0])} – {_fmt(fit.interval[1])}"))
-        parts.append("<h3>Fit</h3>" + _facts(facts))
+        parts.append("<h3>Fit: held-out bpb ~ a + b·R + c·L</h3>" + _facts(facts))
     return _section("risk", "\n".join(parts))

@@ -13,10 +13,11 @@ from matplotlib.figure import Figure
 
 from selectflow.report.data import (
     Bandit,
+    BandPoint,
     ClusterComposition,
     DomainComposition,
     FunnelStep,
-    ProbeResult,
+    Probes,
     Risk,
     Zip,
 )
@@ -27,6 +28,8 @@ POOL_COLOUR = "#b8b8b8"
 KNOWN_COLOURS = {"zip": "#0072B2", "quad": "#D55E00", "random": "#E69F00", "topk": "#009E73"}
 SPARE_COLOURS = ["#CC79A7", "#56B4E9", "#8c564b", "#F0E442", "#17becf", "#7f7f7f", "#bcbd22", "#9467bd"]
 SET_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+SET_TITLES = {"reference": "reference (target) set", "unseen": "unseen-domain set"}
+FOREST_METRICS = {"reference_bpb": "reference set", "unseen_bpb": "unseen-domain set"}
 DPI = 150  # images are shown at 100 px per inch, so they stay sharp on high-density screens
 MAX_CLUSTERS = 40
 MAX_DOMAINS = 10
@@ -231,40 +234,97 @@ def zip_figure(zip_: Zip, colours: dict[str, str]) -> Figure:
     return fig
 
 
-def probe_figure(probes: dict[str, ProbeResult], subsets: Sequence[str], colours: dict[str, str]) -> Figure | None:
-    names = [name for name in subsets if name in probes]
-    has_heldout = any(probes[name].heldout for name in names)
-    if not any(probes[name].curve for name in names) and not has_heldout:
+def _draw_band(ax, points: Sequence[BandPoint], colour: str, label: str, marker: str | None = None) -> None:
+    """The mean line and, where there is an interval, its shaded band."""
+    steps = [p.step for p in points]
+    ax.plot(steps, [p.mean for p in points], color=colour, lw=1.4, marker=marker, ms=3.5, label=label)
+    banded = [p for p in points if p.low is not None]
+    if banded:
+        ax.fill_between([p.step for p in banded], [p.low for p in banded], [p.high for p in banded], color=colour,
+                        alpha=0.2, linewidth=0)
+
+
+def _seed_text(probes: Probes) -> str:
+    n = len(probes.seeds)
+    return f"{100 * probes.confidence:.0f}% CI over {n} seeds" if n > 1 else "one seed, no interval"
+
+
+def probe_figure(probes: Probes, subsets: Sequence[str], colours: dict[str, str]) -> Figure | None:
+    """Training bpb (mean over seeds) and each held-out set's bpb with its confidence band, per subset."""
+    names = [name for name in subsets if name in probes.subsets]
+    order = list(SET_TITLES)
+    sets = sorted({s for name in names for s, points in probes.subsets[name].heldout.items() if points},
+                  key=lambda s: (order.index(s) if s in order else len(order), s))
+    panels = (["train"] if any(probes.subsets[name].train for name in names) else []) + sets
+    if not panels:
         return None
-    fig, axes = _figure(10, 3.6, ncols=2 if has_heldout else 1)
-    train = axes[0]
-    for name in names:
-        curve = probes[name].curve
-        if curve:
-            train.plot([p.step for p in curve], [p.train_loss for p in curve], color=colours[name], lw=1.4, label=name)
-    train.set_xlabel("training step")
-    train.set_ylabel("training loss (nats/token)")
-    train.set_title("Probe training loss, all subsets")
-    train.legend(frameon=False)
-    if has_heldout:
-        held = axes[1]
-        sets = sorted({p.set for name in names for p in probes[name].heldout})
-        marker = {name: SET_MARKERS[i % len(SET_MARKERS)] for i, name in enumerate(sets)}
+    fig, axes = _figure(10.5 if len(panels) > 2 else 10, 3.7, ncols=len(panels))
+    for ax, panel in zip(axes, panels):
         for name in names:
-            for set_name in sets:
-                points = [p for p in probes[name].heldout if p.set == set_name]
-                if points:
-                    held.plot([p.step for p in points], [p.loss for p in points], "--", marker=marker[set_name],
-                              ms=4, lw=1, color=colours[name])
-        for name in names:
-            held.plot([], [], color=colours[name], lw=3, label=name)
-        for set_name in sets:
-            held.plot([], [], ls="--", marker=marker[set_name], color="#444444", label=f"set: {set_name}")
-        held.set_xlabel("training step")
-        held.set_ylabel("held-out loss (nats/token)")
-        held.set_title("Held-out loss per set")
-        held.legend(frameon=False, fontsize=7)
+            result = probes.subsets[name]
+            points = result.train if panel == "train" else result.heldout.get(panel, [])
+            if points:
+                _draw_band(ax, points, colours[name], name, None if panel == "train" else "o")
+        ax.set_xlabel("training step")
+        if panel == "train":
+            ax.set_ylabel("training loss (bits/byte)")
+            ax.set_title("Training bpb, mean over seeds")
+        else:
+            ax.set_ylabel("held-out bits/byte")
+            ax.set_title(f"Held-out bpb: {SET_TITLES.get(panel, panel)}")
+            if panel == "reference" and probes.speed_level is not None:
+                ax.axhline(probes.speed_level, ls=":", color="#555555", lw=1,
+                           label=f"speed level {probes.speed_level:.3f}")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    for ax in axes[:-1]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, frameon=False, loc="outside lower center", ncols=min(len(labels), 6))
+    fig.suptitle(f"Probe curves: mean over seeds, shaded {_seed_text(probes)} (lower is better)", fontsize=10)
     return fig
+
+
+def forest_figure(probes: Probes, subsets: Sequence[str], colours: dict[str, str]) -> Figure | None:
+    """One row per subset and panel per held-out set: its paired difference vs the baseline with the interval;
+    a refused comparison (unequal repetition) is written as 'not comparable', never drawn as a number."""
+    metrics = [m for m in FOREST_METRICS if any(d.metric == m for d in probes.differences)]
+    if not metrics:
+        return None
+    names = [name for name in subsets if any(d.subset == name and d.metric in metrics for d in probes.differences)]
+    names += sorted({d.subset for d in probes.differences if d.metric in metrics} - set(names))
+    y = np.arange(len(names))[::-1]
+    fig, axes = _figure(10, 0.55 * len(names) + 1.7, ncols=len(metrics), sharey=True)
+    for ax, metric in zip(axes, metrics):
+        ax.grid(False)
+        ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+        ax.axvline(0.0, color="#444444", lw=1)
+        for yi, name in zip(y, names):
+            _forest_row(ax, probes.difference(name, metric), yi, colours.get(name, "#333333"))
+        ax.set_yticks(y, names)
+        ax.set_ylim(-0.7, len(names) - 0.3)
+        ax.margins(x=0.2)
+        ax.set_xlabel(f"{FOREST_METRICS[metric]}: subset - {probes.baseline} (bits/byte)")
+        ax.set_title(f"{FOREST_METRICS[metric]} (left of 0: better than {probes.baseline})")
+    fig.suptitle(f"Paired difference vs {probes.baseline}, {_seed_text(probes)}", fontsize=10)
+    return fig
+
+
+def _forest_row(ax, diff, y: float, colour: str) -> None:
+    if diff is None:
+        return
+    if diff.verdict == "not comparable":
+        ax.text(0.5, y, "not comparable (unequal epochs)", transform=ax.get_yaxis_transform(), ha="center",
+                va="center", fontsize=8, style="italic", color="#6e7781")
+        return
+    decided = diff.verdict in ("better", "worse")
+    err = None if diff.low is None else [[diff.mean - diff.low], [diff.high - diff.mean]]
+    ax.errorbar([diff.mean], [y], xerr=err, fmt="o", ms=7, color=colour, capsize=4, lw=1.6,
+                mfc=colour if decided else "white", mew=1.6)
+    label = diff.verdict if diff.low is not None else f"{diff.verdict} (1 seed)"
+    ax.annotate(label, (diff.mean, y), xytext=(0, 8), textcoords="offset points", ha="center", fontsize=7,
+                color="#444444")
 
 
 def _ratio(risk: Risk, name: str) -> float | None:
@@ -273,13 +333,13 @@ def _ratio(risk: Risk, name: str) -> float | None:
 
 
 def risk_points(risk: Risk, subsets: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """This run's (R, L) per subset, where both are known."""
+    """This run's (R, held-out bpb) per subset, where both are known."""
     points = {}
     for name in subsets:
         if name in risk.subsets:
-            r, loss = _ratio(risk, name), risk.subsets[name].L
-            if r is not None and loss is not None:
-                points[name] = (r, loss)
+            r, bpb = _ratio(risk, name), risk.subsets[name].heldout_bpb
+            if r is not None and bpb is not None:
+                points[name] = (r, bpb)
     return points
 
 
@@ -287,61 +347,67 @@ def is_linear_fit(risk: Risk) -> bool:
     return risk.fit is not None and set(risk.fit.coefficients) == {"intercept", "R", "L"}
 
 
+def fit_sign_text(risk: Risk) -> str | None:
+    """'b = -0.120 [-0.200, -0.040]: contradicts the Entropy Law' (None without a linear fit)."""
+    if not is_linear_fit(risk):
+        return None
+    b = risk.fit.coefficients["R"]
+    if risk.fit.R_interval is None:
+        return f"b = {b:+.3f} (no interval)"
+    low, high = risk.fit.R_interval
+    return f"b = {b:+.3f} [{low:+.3f}, {high:+.3f}]: {risk.fit.sign}"
+
+
 def risk_figure(risk: Risk, subsets: Sequence[str], colours: dict[str, str]) -> Figure | None:
+    """Held-out bpb against R: earlier runs (coloured by L), this run's subsets, and the fit's line at mean L."""
     mine = risk_points(risk, subsets)
-    if not mine and not risk.history:
+    known = [h for h in risk.history if h.heldout_bpb is not None]
+    if not mine and not known:
         return None
     with_prediction = risk.fit is not None and risk.fit.predicted_heldout is not None
     fig, axes = _figure(10 if with_prediction else 7.5, 4.6, ncols=2 if with_prediction else 1,
                         width_ratios=[1.4, 1] if with_prediction else None)
     ax = axes[0]
     ax.grid(True, color="#eeeeee")
-    history = risk.history
-    if history:
-        losses = [h.heldout_loss for h in history]
-        known = [h for h, loss in zip(history, losses) if loss is not None]
-        unknown = [h for h, loss in zip(history, losses) if loss is None]
-        if known:
-            scatter = ax.scatter([h.R for h in known], [h.L for h in known], c=[h.heldout_loss for h in known],
-                                 cmap="viridis", s=36, edgecolors="white", linewidths=0.5, label="earlier runs")
-            fig.colorbar(scatter, ax=ax, label="held-out loss of earlier runs (nats/token)", shrink=0.9)
-        if unknown:
-            ax.scatter([h.R for h in unknown], [h.L for h in unknown], s=36, facecolors="none", edgecolors="#777777",
-                       label="earlier runs (no held-out loss)")
-    for name, (r, loss) in mine.items():
-        ax.scatter([r], [loss], marker="*", s=260, color=colours[name], edgecolors="black", linewidths=0.7,
+    if known:
+        scatter = ax.scatter([h.R for h in known], [h.heldout_bpb for h in known], c=[h.L for h in known],
+                             cmap="viridis", s=36, edgecolors="white", linewidths=0.5, label="earlier runs")
+        fig.colorbar(scatter, ax=ax, label="first-epoch bpb L of earlier runs", shrink=0.9)
+    for name, (r, bpb) in mine.items():
+        ax.scatter([r], [bpb], marker="*", s=260, color=colours[name], edgecolors="black", linewidths=0.7,
                    zorder=5, label=f"this run: {name}")
-    if is_linear_fit(risk):
-        _draw_iso_lines(ax, risk)
+    if is_linear_fit(risk) and known:
+        _draw_fit_line(ax, risk, known)
     ax.set_xlabel(f"compression ratio {risk.ratio_name} (raw / compressed bytes)")
-    ax.set_ylabel("first-epoch training loss L (nats/token)")
-    short = risk.min_history is not None and len(history) < risk.min_history
+    ax.set_ylabel("reference held-out bits/byte")
+    n = len(risk.history)
+    short = risk.min_history is not None and len(known) < risk.min_history
     need = f"; the fit needs {risk.min_history}" if short else ""
-    ax.set_title(f"Entropy law: R vs L, {len(history)} earlier run{'s' if len(history) != 1 else ''}{need}")
-    fig.legend(*ax.get_legend_handles_labels(), frameon=False, loc="outside lower center", ncols=4, markerscale=0.6)
+    title = f"Entropy law: R vs held-out bpb, {n} earlier run{'s' if n != 1 else ''}{need}"
+    sign = fit_sign_text(risk)
+    ax.set_title(title + (f"\n{sign}" if sign else ""))
+    fig.legend(*ax.get_legend_handles_labels(), frameon=False, loc="outside lower center", ncols=3, markerscale=0.6)
     if with_prediction:
         _prediction_panel(axes[1], risk)
     return fig
 
 
-def _draw_iso_lines(ax, risk: Risk) -> None:
+def _draw_fit_line(ax, risk: Risk, known) -> None:
+    """The fit a + b*R + c*L at the history's mean L: its slope is R's coefficient b."""
     coef = risk.fit.coefficients
+    mean_L = float(np.mean([h.L for h in known]))
     x0, x1 = ax.get_xlim()
-    y0, y1 = ax.get_ylim()
-    rr, ll = np.meshgrid(np.linspace(x0, x1, 60), np.linspace(y0, y1, 60))
-    predicted = coef["intercept"] + coef["R"] * rr + coef["L"] * ll
-    lines = ax.contour(rr, ll, predicted, levels=6, colors="#888888", linewidths=0.7, linestyles="dotted")
-    ax.clabel(lines, fontsize=6, fmt="%.2f")
+    xs = np.linspace(x0, x1, 50)
+    ax.plot(xs, coef["intercept"] + coef["R"] * xs + coef["L"] * mean_L, ls="--", color="#555555", lw=1.2,
+            label=f"fit at mean L = {mean_L:.3f} (slope: R's coefficient b)")
     ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.plot([], [], ls="dotted", color="#888888", label="fit: predicted held-out loss")
 
 
 def _prediction_panel(ax, risk: Risk) -> None:
     fit = risk.fit
-    history = [h for h in risk.history if h.heldout_loss is not None]
+    history = [h for h in risk.history if h.heldout_bpb is not None]
     x = np.arange(len(history))
-    ax.plot(x, [h.heldout_loss for h in history], "o", color="#555555", ms=5, label="observed")
+    ax.plot(x, [h.heldout_bpb for h in history], "o", color="#555555", ms=5, label="observed")
     predicted = [(i, h.predicted_heldout) for i, h in zip(x, history) if h.predicted_heldout is not None]
     if predicted:
         ax.plot(*zip(*predicted), "o", mfc="none", color="#555555", ms=8, label="fit")
@@ -354,6 +420,6 @@ def _prediction_panel(ax, risk: Risk) -> None:
                 label=f"this run: predicted ({100 * fit.level:.0f}% interval)" if err else "this run: predicted")
     ax.set_xticks(list(x) + [here], [h.run_id[:8] for h in history] + ["this run"], rotation=45, ha="right",
                   fontsize=7)
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("Held-out loss: earlier runs vs the fit")
+    ax.set_ylabel("reference held-out bits/byte")
+    ax.set_title("Held-out bpb: earlier runs vs the fit")
     ax.legend(frameon=False, fontsize=7, loc="upper left", markerscale=0.7)

@@ -253,6 +253,8 @@ def record_repr(record: str | None, text: str) -> bytes:
 def token_counter(name: str) -> Callable[[str], int]:
     if name == "whitespace":
         return lambda text: len(text.split())
+    if name == "bytes":
+        return lambda text: len(text.encode("utf-8"))
     return lambda text: -(-len(text.encode("utf-8")) // 4)
 
 

@@ -1,6 +1,6 @@
-"""Probe stage: train a small causal LM on one subset at the shared token budget and record its metrics.
+"""Probe stage: train a small causal LM on one subset at the shared token budget, for one seed, and record its metrics.
 
-One artifact per subset. Tables: "curve" (one row per step, row 0 = before training; train loss in nats/token and
+One artifact per (subset, seed). Tables: "curve" (one row per step, row 0 = before training; train loss in nats/token and
 bits/byte, held-out losses at eval steps) and "decisions" (each document of the subset: trained on, or beyond the
 budget). Stats: the metrics of `selectflow.probe.train` plus the compression ratios R (zlib-9 and zstd) of the text
 exactly as trained (the documents of epoch 1, the last one cut where the budget ends).
@@ -8,7 +8,8 @@ exactly as trained (the documents of epoch 1, the last one cut where the budget 
 How subsets are cut to the equal budget: see `selectflow.probe.data` (seeded document shuffle, pack with an
 end-of-text token after each document, `tokens` rounded down to whole batches of seq_len blocks).
 The "full" comparison subset is `full_pool_stage`: a seeded uniform sample of the deduplicated pool whose tokens
-just cover the budget.
+just cover the budget, drawn afresh for each seed. `subset_profile` gives what the flow needs before any probe
+trains: a subset's tokens (for the common budget) and its compression ratios R (deterministic, whole subset).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import selectflow.probe.tokenizer as tokenizer_lib
 import selectflow.probe.train as train_lib
 from selectflow.compression import set_ratio
 from selectflow.config import ProbeConfig
-from selectflow.probe.data import budget_blocks, pack_eval, pack_train, sample_to_tokens
+from selectflow.probe.data import pack_eval, pack_train, sample_to_tokens, stream_tokens
 from selectflow.probe.tokenizer import load_tokenizer
 from selectflow.probe.train import train_probe
 from selectflow.schema import decisions_table
@@ -34,7 +35,12 @@ from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_ve
 STAGE = "probe"
 FULL_STAGE = "probe_full_pool"
 _CODE = code_version(data_lib, metrics_lib, model_lib, tokenizer_lib, train_lib, compression_lib)
-_TRAINING_FIELDS = {"enabled", "subsets", "unseen", "speed_fraction"}  # do not change what a probe computes
+# Fields that do not change what one probe computes (its seed and budget are passed on their own).
+_TRAINING_FIELDS = {"enabled", "subsets", "unseen", "speed_fraction", "seeds", "seed", "tokens", "confidence"}
+
+
+def _tokenizer(cfg: ProbeConfig):
+    return load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, cfg.init_checkpoint)
 
 
 def _texts_digest(table: pa.Table | None) -> str | None:
@@ -58,9 +64,12 @@ def probe_stage(
     reference_docs: pa.Table,
     unseen_docs: pa.Table | None,
     cfg: ProbeConfig,
+    seed: int,
+    tokens: int,
 ) -> ArtifactRef:
-    """Train the probe on the documents of `subset` ("docs" tables); held-out sets: reference (and unseen)."""
-    config = {"name": name, "probe": cfg.model_dump(exclude=_TRAINING_FIELDS),
+    """Train the probe of `seed` on `tokens` of the documents of `subset` ("docs" tables); held-out sets: reference
+    (and unseen)."""
+    config = {"name": name, "seed": seed, "tokens": tokens, "probe": cfg.model_dump(exclude=_TRAINING_FIELDS),
               "reference": _texts_digest(reference_docs), "unseen": _texts_digest(unseen_docs)}
 
     def write(writer: ArtifactWriter) -> None:
@@ -68,23 +77,23 @@ def probe_stage(
         texts = docs["text"].to_pylist()
         if not texts:
             raise ValueError(f"probe: subset {name!r} is empty (no documents); nothing to train on")
-        tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.init_checkpoint)
+        tokenizer = _tokenizer(cfg)
         seq_len = cfg.model.seq_len
-        train = pack_train(texts, tokenizer, cfg.tokens, seq_len, cfg.batch_size, cfg.seed, cfg.short_subset, name)
+        train = pack_train(texts, tokenizer, tokens, seq_len, cfg.batch_size, seed, cfg.short_subset, name)
         heldout = {"reference": pack_eval(reference_docs["text"].to_pylist(), tokenizer, cfg.eval_tokens, seq_len,
                                           "reference")}
         if unseen_docs is not None and unseen_docs.num_rows:
             heldout["unseen"] = pack_eval(unseen_docs["text"].to_pylist(), tokenizer, cfg.eval_tokens, seq_len,
                                           "unseen")
-        run = train_probe(train, heldout, tokenizer, cfg)
+        run = train_probe(train, heldout, tokenizer, cfg, seed)
         writer.write("curve", pa.Table.from_pylist(run.curve))
         used = set(train.doc_indices)
         ids = docs["doc_id"].to_pylist()
         writer.write("decisions", decisions_table(
             ids, f"{STAGE}:{name}",
             ["kept" if i in used else "dropped" for i in range(len(ids))],
-            [f"trained on by probe {name!r} (epoch 1 of {train.epochs:.2f})" if i in used
-             else f"beyond probe {name!r}'s budget of {train.tokens} tokens" for i in range(len(ids))],
+            [f"trained on by probe {name!r} seed {seed} (epoch 1 of {train.epochs:.2f})" if i in used
+             else f"beyond probe {name!r} seed {seed}'s budget of {train.tokens} tokens" for i in range(len(ids))],
         ))
         writer.stats(name=name, subset_docs=len(texts), tokenizer=tokenizer.name, **run.metrics,
                      R_zlib=set_ratio(train.texts_used, "zlib"), R_zstd=set_ratio(train.texts_used, "zstd"),
@@ -94,17 +103,23 @@ def probe_stage(
     return store.build(STAGE, config, [ref.key for ref in subset], _CODE, write)
 
 
-def full_pool_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: ProbeConfig) -> ArtifactRef:
-    """The 'full' comparison subset: a seeded uniform sample of the pool whose tokens just cover the probe budget."""
-    budget = budget_blocks(cfg.tokens, cfg.batch_size, cfg.model.seq_len) * cfg.model.seq_len
-    config = {"tokens": budget, "seed": cfg.seed, "tokenizer": [cfg.tokenizer_path, cfg.init_checkpoint]}
+def subset_profile(refs: list[ArtifactRef], cfg: ProbeConfig) -> dict:
+    """A subset's packed tokens (documents + separators) and compression ratios R of its whole text."""
+    texts = _read_docs(refs)["text"].to_pylist()
+    return {"docs": len(texts), "tokens": stream_tokens(texts, _tokenizer(cfg)),
+            "R_zlib": set_ratio(texts, "zlib") if texts else None, "R_zstd": set_ratio(texts, "zstd") if texts else None}
+
+
+def full_pool_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: ProbeConfig, seed: int,
+                    budget: int) -> ArtifactRef:
+    """The 'full' comparison subset of `seed`: a seeded uniform sample of the pool whose tokens just cover `budget`."""
+    config = {"tokens": budget, "seed": seed, "tokenizer": [cfg.tokenizer, cfg.tokenizer_path, cfg.init_checkpoint]}
 
     def write(writer: ArtifactWriter) -> None:
         docs = _read_docs(pool)
         if docs.num_rows == 0:
             raise ValueError("probe: the deduplicated pool is empty; nothing to sample the 'full' subset from")
-        tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.init_checkpoint)
-        picked = sample_to_tokens(docs["text"].to_pylist(), tokenizer, budget, cfg.seed)
+        picked = sample_to_tokens(docs["text"].to_pylist(), _tokenizer(cfg), budget, seed)
         chosen = set(picked)
         ids = docs["doc_id"].to_pylist()
         writer.write("docs", docs.take(picked))

@@ -1,0 +1,128 @@
+"""Build the 'debian' corpus for the probe benchmarks from Debian-installed text the sample corpus and the tests
+do not use:
+
+- kernel: Linux kernel documentation (linux-doc-6.1, reST), one document per section-sized chunk;
+- man: manual pages (manpages, manpages-dev) rendered to plain text with groff;
+- dictionary: FOLDOC and GCIDE entries (dict-foldoc, dict-gcide);
+- license: /usr/share/doc/*/copyright (full of exact and near duplicates, as real corpora are).
+Held out: `reference` = kernel docs and man pages of files not in the pool (the target set), `unseen` = the
+Debian Reference (debian-reference-en, HTML to text), a domain absent from the pool.
+
+    apt-get install linux-doc-6.1 dict-foldoc dict-gcide debian-reference-en groff   # manpages: usually present
+    .venv/bin/python bench/probe_validity/debian_corpus.py [--root /tmp/selectflow-probe-validity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import html
+import json
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import zstandard
+
+CHUNK = 6000  # characters per document at most (split at paragraph boundaries)
+_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def chunks(text: str) -> list[str]:
+    out, current = [], ""
+    for paragraph in re.split(r"\n\s*\n", text.strip()):
+        if current and len(current) + len(paragraph) > CHUNK:
+            out.append(current)
+            current = ""
+        current = f"{current}\n\n{paragraph}" if current else paragraph[:4 * CHUNK]
+    return out + ([current] if current.strip() else [])
+
+
+def kernel_docs() -> dict[str, list[str]]:
+    root = Path("/usr/share/doc/linux-doc-6.1/Documentation")
+    return {str(path): chunks(gzip.open(path, "rt", errors="replace").read())
+            for path in sorted(root.rglob("*.rst.gz"))}
+
+
+def man_pages() -> dict[str, list[str]]:
+    """The pages of the manpages and manpages-dev packages only (not whatever else is installed)."""
+    listed = subprocess.run(["dpkg", "-L", "manpages", "manpages-dev"], capture_output=True, text=True).stdout
+    pages = {}
+    for path in sorted(Path(line) for line in listed.splitlines() if line.endswith(".gz") and "/man/man" in line):
+        rendered = subprocess.run(f"zcat {path} | groff -man -Tutf8 -P -cbou 2>/dev/null", shell=True,
+                                  capture_output=True, text=True, errors="replace").stdout
+        if len(rendered) > 200:
+            pages[str(path)] = chunks(rendered)
+    return pages
+
+
+def _b64(value: str) -> int:
+    number = 0
+    for char in value:
+        number = number * 64 + _B64[char]
+    return number
+
+
+def dictionary(name: str) -> list[str]:
+    data = gzip.open(f"/usr/share/dictd/{name}.dict.dz").read()
+    entries, seen = [], set()
+    for line in open(f"/usr/share/dictd/{name}.index", encoding="utf-8", errors="replace"):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 3 or parts[0].startswith("00-database"):
+            continue
+        span = (_b64(parts[1]), _b64(parts[2]))
+        if span not in seen:
+            seen.add(span)
+            entries.append(data[span[0]:span[0] + span[1]].decode("utf-8", errors="replace").strip())
+    return [entry for entry in entries if len(entry) > 40]
+
+
+def copyrights() -> list[str]:
+    return [path.read_text(errors="replace") for path in sorted(Path("/usr/share/doc").glob("*/copyright"))
+            if path.is_file()]
+
+
+def debian_reference() -> list[str]:
+    texts = []
+    for path in sorted(Path("/usr/share/debian-reference").glob("*.en.html")):
+        raw = re.sub(r"(?s)<(script|style).*?</\1>", " ", path.read_text(errors="replace"))
+        text = html.unescape(re.sub(r"<[^>]+>", "", re.sub(r"</(p|div|h\d|li|pre|tr)>", "\n\n", raw)))
+        texts += chunks(re.sub(r"[ \t]+", " ", text))
+    return texts
+
+
+def write(path: Path, texts: list[str], domain: str) -> None:
+    with zstandard.open(path, "wt", encoding="utf-8", cctx=zstandard.ZstdCompressor(level=10)) as handle:
+        for index, text in enumerate(texts):
+            handle.write(json.dumps({"id": f"{domain}#{index}", "text": text, "domain": domain}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/selectflow-probe-validity"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = args.root / "corpora" / "debian"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    reference: list[str] = []
+    for domain, by_file in (("kernel", kernel_docs()), ("man", man_pages())):
+        files = sorted(by_file)
+        rng.shuffle(files)
+        held = files[: max(len(files) // 50, 1)]  # 2% of the files, whole, go to the target set
+        reference += rng.sample([t for f in held for t in by_file[f]], min(80, sum(len(by_file[f]) for f in held)))
+        write(out / f"{domain}.jsonl.zst", [t for f in files[len(held):] for t in by_file[f]], domain)
+    write(out / "dictionary.jsonl.zst", dictionary("foldoc") + dictionary("gcide"), "dictionary")
+    write(out / "license.jsonl.zst", copyrights(), "license")
+    write(out / "reference.jsonl.zst", reference, "reference")
+    unseen = debian_reference()
+    write(out / "unseen.jsonl.zst", rng.sample(unseen, min(150, len(unseen))), "unseen")
+    for path in sorted(out.glob("*.jsonl.zst")):
+        with zstandard.open(path, "rt", encoding="utf-8") as handle:
+            texts = [json.loads(line)["text"] for line in handle]
+        print(f"{path.name}: {len(texts)} documents, {sum(len(t.encode()) for t in texts):,} bytes")
+
+
+if __name__ == "__main__":
+    main()
