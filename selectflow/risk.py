@@ -236,7 +236,7 @@ def check_against_history(
         baseline_name = "the fit's prediction for this run's random subset"
     else:
         reference_loss = float(np.median([p.heldout_bpb for p in usable]))
-        baseline_name = "the history's median held-out loss"
+        baseline_name = "the history's median held-out bpb"
     a, b, c = (float(v) for v in fit.coef)
     numbers.update(a=a, b=b, c=c, r2=fit.r2, residual_sd=math.sqrt(fit.residual_var), predicted_loss=predicted,
                    interval_low=predicted - half_width, interval_high=predicted + half_width,
@@ -246,6 +246,9 @@ def check_against_history(
               f"{predicted:.3f} bits/byte, {cfg.interval_level:.0%} prediction interval "
               f"[{predicted - half_width:.3f}, {predicted + half_width:.3f}], against {reference_loss:.3f} for "
               f"{baseline_name}.")
+    if (direction := fit.direction(cfg.interval_level)) is not None:
+        numbers.update(b_low=direction.low, b_high=direction.high)
+        fitted += f" The Entropy Law's direction: {direction.text}."
     if predicted - half_width > reference_loss:
         return RiskVerdict(AT_RISK, "history", f"{fitted} The whole interval lies above the baseline: a model "
                            "trained on this subset is predicted to do worse on the target set.", numbers)
