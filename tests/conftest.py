@@ -76,15 +76,14 @@ def write_config(path: Path, inputs: list[dict], workspace: Path, **extra) -> Pa
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A tiny Llama checkpoint with a small byte-level BPE trained on sample text: a fast influence model and probe
-    tokenizer for flow tests (SmolLM2's 49k-token vocabulary makes even a tiny model's output layer the whole cost)."""
+def build_tiny_lm(folder: Path) -> Path:
+    """A tiny Llama checkpoint with a small byte-level BPE trained on sample text, saved under `folder` (also used by
+    bench/chaos)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-lm")
+    folder.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -99,3 +98,10 @@ def tiny_lm(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A fast influence model and probe tokenizer for flow tests (SmolLM2's 49k-token vocabulary makes even a tiny
+    model's output layer the whole cost)."""
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))

@@ -27,18 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "selectflow" / "data" / "sample"
 PY = sys.executable
 POLL_S = 0.005
+sys.path.insert(0, str(REPO))
+from tests.conftest import build_tiny_lm, sample_records  # noqa: E402  (the tests' corpus reader and tiny LM)
+
 PROJECTION_DIM = 0  # --projection-dim
 
 
 # ----------------------------------------------------------------------------------------------------------- data
-
-
-def sample_records(name: str, limit: int | None = None) -> list[dict]:
-    import zstandard
-
-    with zstandard.open(SAMPLE / name, "rt", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
-    return records[:limit]
 
 
 def build_data(data: Path) -> None:
@@ -79,27 +74,6 @@ def build_data(data: Path) -> None:
             (root / f"part-{index:03d}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     build_tiny_lm(data / "tiny-lm")
     done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-
-def build_tiny_lm(folder: Path) -> None:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder.mkdir(parents=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([r["text"] for r in sample_records("prose.jsonl.zst", 300)], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def full_config(data: Path, workspace: Path) -> dict:
