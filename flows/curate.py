@@ -113,7 +113,7 @@ def _curate(config: CurateConfig) -> dict:
             if config.needs_probes:
                 probes = probe_subsets.with_options(task_runner=task_runner)(
                     workspace, dedup.deduped, subsets, sets["reference"], sets.get("unseen", []), config.probe,
-                    **retrying)
+                    uniform_samples=config.risk.uniform_samples if config.risk.enabled else 0, **retrying)
                 for name, by_seed in probes.runs.items():
                     record(f"probe_{name}", list(by_seed.values()))
                     for seed, ref in by_seed.items():

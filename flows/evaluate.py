@@ -16,12 +16,14 @@ from tasks.probe import full_pool_sample, probe_training
 
 @dataclass
 class ProbeRuns:
-    """The probes of a run: subset -> seed -> artifact, the common budget and each subset's whole-subset profile."""
+    """The probes of a run: subset -> seed -> artifact, the common budget, each subset's whole-subset profile, and
+    the profiles of uniform samples of the pool at the budget (R's noise for the risk check; not probed)."""
 
     runs: dict[str, dict[int, ArtifactRef]]
     budget: int
     profiles: dict[str, dict]  # subset -> docs, tokens, R_zlib, R_zstd (the 'full' samples: per seed, see runs)
     notes: list[str]
+    uniform: list[dict]
 
     def stats(self) -> dict[str, dict[int, dict]]:
         return {name: {seed: ref.manifest()["stats"] for seed, ref in by_seed.items()}
@@ -54,32 +56,35 @@ def probe_subsets(
     reference: list[ArtifactRef],
     unseen: list[ArtifactRef],
     cfg: ProbeConfig,
+    uniform_samples: int = 0,
     retries: int = 2,
     retry_delay_seconds: float = 1.0,
 ) -> ProbeRuns:
-    """One probe per subset and seed, all on the same tokens, side by side on the workers."""
+    """One probe per subset and seed, all on the same tokens, side by side on the workers; and `uniform_samples`
+    seeded uniform samples of the pool at that budget, profiled but not probed (the first ones are also the 'full'
+    subsets of the first seeds)."""
     subsets = {SUBSET_OF_STAGE[stage]: [ref] for stage, ref in selected.items()}
-    names = cfg.subsets or [*subsets, "full"]
+    names = cfg.subsets or list(subsets)
     if missing := [name for name in names if name not in subsets and name != "full"]:
         raise ValueError(f"probe.subsets names {missing}, which this run does not select (it has {list(subsets)}); "
                          "change probe.subsets or selection.selector / selection.baselines")
     profiles = {name: subset_profile(subsets[name], cfg) for name in names if name != "full"}
     budget, notes = probe_budget(cfg, profiles)
     seeds = cfg.replicate_seeds
-    samples = {}
-    if "full" in names:
-        full = run_shards(full_pool_sample, [{"workspace": workspace, "pool": pool, "cfg": cfg, "seed": seed,
-                                              "tokens": budget} for seed in seeds], "full-pool samples")
-        samples = {seed: [ref] for seed, ref in zip(seeds, full)}
+    sample_seeds = list(range(cfg.seed, cfg.seed + max(uniform_samples, len(seeds) if "full" in names else 0)))
+    samples = dict(zip(sample_seeds, run_shards(full_pool_sample, [
+        {"workspace": workspace, "pool": pool, "cfg": cfg, "seed": seed, "tokens": budget} for seed in sample_seeds
+    ], "uniform samples of the pool"))) if sample_seeds else {}
     task = probe_training.with_options(**shard_task_options(retries, retry_delay_seconds))
     keys = [(name, seed) for seed in seeds for name in names]
-    calls = [(task, {"workspace": workspace, "name": name, "subset": samples[seed] if name == "full" else subsets[name],
+    calls = [(task, {"workspace": workspace, "name": name, "subset": [samples[seed]] if name == "full" else subsets[name],
                      "reference": reference, "unseen": unseen, "cfg": cfg, "seed": seed, "tokens": budget})
              for name, seed in keys]
     runs: dict[str, dict[int, ArtifactRef]] = {name: {} for name in names}
     for (name, seed), ref in zip(keys, run_tasks(calls, "probe")):
         runs[name][seed] = ref
-    return ProbeRuns(runs, budget, profiles, notes)
+    uniform = [subset_profile([samples[seed]], cfg) for seed in sample_seeds[:uniform_samples]]
+    return ProbeRuns(runs, budget, profiles, notes, uniform)
 
 
 def compare_subsets(probes: ProbeRuns, cfg: ProbeConfig) -> ProbeComparison:
@@ -91,15 +96,14 @@ def compare_subsets(probes: ProbeRuns, cfg: ProbeConfig) -> ProbeComparison:
 def assess_risk(probes: ProbeRuns, history: list[RiskPoint], cfg: RiskConfig,
                 confidence: float) -> list[SubsetAssessment]:
     """The entropy-law checks of each selected subset (zip, quad) against the random subset and the history. R's
-    noise between uniform samples comes from the 'full' probes' samples (one per seed)."""
+    noise between uniform samples comes from the run's uniform samples of the pool."""
     stats = probes.stats()
 
     def evidence(name: str) -> SubsetEvidence:
         return SubsetEvidence(probes.profiles[name][f"R_{cfg.ratio}"],
                               {seed: s["prequential_bpb"] for seed, s in stats[name].items()})
 
-    uniform = [s[f"R_{cfg.ratio}"] for s in stats.get("full", {}).values()]
-    tolerance = r_tolerance(uniform, confidence)
+    tolerance = r_tolerance([profile[f"R_{cfg.ratio}"] for profile in probes.uniform], confidence)
     random = evidence(BASELINE) if BASELINE in probes.profiles else None
     return [check_subset(name, evidence(name), random, history, cfg, confidence, tolerance)
             for name in ("zip", "quad") if name in probes.profiles]

@@ -308,8 +308,8 @@ class ProbeConfig(_Strict):
     enabled: bool = Field(True, description="Train probe models on each compared subset.")
     subsets: list[ProbeSubset] | None = Field(
         None,
-        description="Subsets to compare. Unset: every selected subset + the baselines + 'full' (the deduplicated "
-        "pool sampled to the same tokens).",
+        description="Subsets to compare. Unset: every selected subset + the baselines. 'full' adds a fresh uniform "
+        "sample of the deduplicated pool per seed (what the random baseline measures, redrawn every seed).",
     )
     tokenizer: Literal["bytes", "hf"] = Field(
         "bytes",
@@ -408,6 +408,12 @@ class RiskConfig(_Strict):
         0.9, gt=0.0, lt=1.0, description="Coverage of the fit's prediction interval (t-distribution)."
     )
     history_limit: int = Field(500, ge=1, description="Most recent MLflow runs read as history at most.")
+    uniform_samples: int = Field(
+        8,
+        ge=2,
+        description="Uniform samples of the deduplicated pool, at the probe budget, whose spread of R is the noise R "
+        "is judged against (no probe trains on them; more samples, a tighter tolerance).",
+    )
 
 
 class DaskConfig(_Strict):

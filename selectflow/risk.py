@@ -7,8 +7,8 @@ with every tolerance derived from the run's own seed noise (`selectflow.probe.co
 
 1. Against the random subset (`check_against_reference`). R is the compression ratio of the whole subset
    (deterministic); L is the probes' first-epoch loss in bits per byte (= prequential code length), one value per
-   seed. R counts as higher when R - R_random exceeds the noise of R between uniform samples of the pool (the 'full'
-   probes' samples, one per seed: t * sd * sqrt(2)); L counts as lower when the paired interval of L - L_random lies
+   seed. R counts as higher when R - R_random exceeds the noise of R between uniform samples of the pool
+   (`risk.uniform_samples` seeded samples at the probe budget: t * sd * sqrt(2)); L counts as lower when the paired interval of L - L_random lies
    below 0. Both: **at risk**. R higher and L lower in the mean but its interval reaching 0: **inconclusive**, with
    the seeds that would decide it. Otherwise **ok**. When this deployment's history contradicts the law's direction
    (the fit's coefficient of R is negative with an interval excluding 0), the rule is not applied: **law
@@ -108,8 +108,8 @@ class LawDirection:
 
 
 def r_tolerance(uniform_R: list[float], confidence: float) -> float | None:
-    """How much R differs between two uniform samples of the pool by chance (t * sd * sqrt 2), from the R of one
-    uniform sample per seed; None with fewer than 2."""
+    """How much R differs between two uniform samples of the pool by chance (t * sd * sqrt 2), from the R of
+    several seeded uniform samples; None with fewer than 2."""
     if len(uniform_R) < 2:
         return None
     t = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(uniform_R) - 1))
@@ -132,7 +132,7 @@ def check_against_reference(
     numbers = {"R": candidate.R, "R_random": random.R, "dR": dR, "R_tolerance": tolerance_R, "dL": dL.mean,
                "dL_low": dL.low, "dL_high": dL.high, "seeds": len(seeds), "confidence": confidence}
     tol_text = (f"two uniform samples of the pool differ by up to {tol:.3f} by chance" if tolerance_R is not None
-                else "no uniform-sample noise of R was measured: probe 'full' with 2+ seeds")
+                else "no uniform-sample noise of R was measured: set risk.uniform_samples to 2 or more")
     compared = (f"R = {candidate.R:.3f} vs {random.R:.3f} for random ({cfg.ratio}; {dR:+.3f}, {tol_text}); "
                 f"first-epoch loss L minus random's: {dL.text()} bits/byte over {len(seeds)} paired seeds.")
     if law is not None and law.contradicted:

@@ -167,13 +167,17 @@ def test_missing_input_fails_at_once(prefect_harness, tmp_path):
 
 
 @pytest.mark.slow  # the quickstart runs the same job in CI
+@pytest.mark.timeout(1500)  # ~8 minutes on 2 idle cores; CI machines run it at a fraction of that speed
 def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
     """The README's job: the embedded sample with its shipped config (process workers), under a test server."""
     from flows.curate import curate
     from selectflow.cli import SAMPLE_CONFIG
     from tests.conftest import SHARED_MLFLOW
 
-    config = load_config(SAMPLE_CONFIG, {"workspace": str(tmp_path / "ws"), "tracking.tracking_uri": SHARED_MLFLOW})
+    # The shipped probes (3 seeds x 1 MiB per subset) run in CI's quickstart; here 2 seeds x 64 KiB check the
+    # verdicts' shape without running them twice.
+    config = load_config(SAMPLE_CONFIG, {"workspace": str(tmp_path / "ws"), "tracking.tracking_uri": SHARED_MLFLOW,
+                                         "probe.tokens": 65536, "probe.seeds": 2})
     assert config.dask.processes
     summary = curate(config)
     stages = {row["stage"]: row for row in summary["stages"]}
@@ -185,6 +189,10 @@ def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
     assert {row["domain"] for row in outputs} == {"prose", "code", "dictionary", "fortune", "license", "qa"}
     qa = next(row for row in outputs if row["domain"] == "qa")
     assert qa["text"].startswith("human: ") and "\n\ngpt: " in qa["text"] and '"conversations"' in qa["record"]
+    probes = summary["probes"]
+    assert set(probes["subsets"]) == {"zip", "quad", "random"} and probes["budget_tokens"] == 65536
+    assert all(probes["subsets"][name]["verdict"].startswith(
+        ("beats random by", "worse than random by", "indistinguishable from random")) for name in ("zip", "quad"))
 
 
 def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, small_corpus, tiny_lm,
@@ -205,7 +213,8 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
                    # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
                    "quad": {"budget": 60, "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10,
                             "threshold": -1.0}},
-        probe={"tokenizer": "bytes", "tokens": 4096, "seeds": 2, "batch_size": 4, "evals": 4, "eval_tokens": 512,
+        probe={"subsets": ["zip", "quad", "random", "topk", "full"],  # 'full' only on request
+               "tokenizer": "bytes", "tokens": 4096, "seeds": 2, "batch_size": 4, "evals": 4, "eval_tokens": 512,
                "model": {"hidden": 32, "intermediate": 64, "seq_len": 64},
                "unseen": [{"path": str(SAMPLE / "unseen.jsonl.zst")}]},
     )
@@ -217,6 +226,7 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     assert set(summary["subsets"]) == {"select_zip", "select_quad", "select_random", "select_topk"}
     # the random subset is there to compare with; no history yet, so no "law contradicted"
     assert summary["risk"]["verdict"] in {"ok", "at risk", "inconclusive"}
+    assert "no uniform-sample noise" not in summary["risk"]["reason"]  # R's noise from the pool's uniform samples
 
     store = ArtifactStore(config.workspace / "store")
     run = load_run(store)

@@ -25,6 +25,35 @@ from pathlib import Path
 
 import zstandard
 
+# The sample config's selectors on this corpus, for the noise part (`selectflow run -c <root>/corpora/debian/
+# selectflow.yaml -w WS`, then run.py --parts noise --workspace WS). Selections of 4.4 MB: the default-budget probes
+# draw 1 MiB per seed from them, and the 4x probes train on 4 MiB of them, each one epoch.
+PIPELINE_CONFIG = """\
+ingest:
+  inputs:
+    - path: kernel.jsonl.zst
+    - path: man.jsonl.zst
+    - path: dictionary.jsonl.zst
+    - path: license.jsonl.zst
+  shard_rows: 20000
+reference:
+  - path: reference.jsonl.zst
+dedup:
+  near: {unit: word, ngram: 5, num_perm: 128, bands: 16, rows: 8, threshold: 0.7}
+cluster:
+  k: 64
+  embedding: {method: tfidf, dim: 128}
+influence: {max_tokens: 128, max_chunks: 1, curvature_samples: 32, reference_samples: 64}
+selection:
+  selector: both
+  baselines: [random]
+  zip: {mode: exact, k1: 10000, k2: 200, k3: 100, budget: 4400000, budget_unit: tokens, token_counter: bytes}
+  quad: {bandit: ucb, budget: 4400000, budget_unit: tokens, token_counter: bytes, pulls_per_round: 8,
+         samples_per_pull: 2, block_size: 50}
+probe:
+  enabled: false   # run.py --parts noise trains the probes (cached, at 1x and 4x)
+"""
+
 CHUNK = 6000  # characters per document at most (split at paragraph boundaries)
 _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 
@@ -118,6 +147,7 @@ def main() -> None:
     write(out / "reference.jsonl.zst", reference, "reference")
     unseen = debian_reference()
     write(out / "unseen.jsonl.zst", rng.sample(unseen, min(150, len(unseen))), "unseen")
+    (out / "selectflow.yaml").write_text(PIPELINE_CONFIG)
     for path in sorted(out.glob("*.jsonl.zst")):
         with zstandard.open(path, "rt", encoding="utf-8") as handle:
             texts = [json.loads(line)["text"] for line in handle]

@@ -16,8 +16,8 @@ Parts (every probe uses the default ProbeConfig except its budget, and is cached
 - law: Spearman(R, held-out bpb) over the recipes at the default budget (R: zlib ratio of the text trained on, mean
   over seeds), with a bootstrap interval over recipes and seeds; reported whatever its sign.
 - alarms: --pairs pairs of independent uniform samples of the pool; each pair goes through the risk check's rule
-  against random (`selectflow.risk.check_against_reference`, R noise from three further uniform samples as the
-  'full' probes give it), and through the paired comparison of held-out bpb. Share flagged 'at risk'; share
+  against random (`selectflow.risk.check_against_reference`, R noise from `risk.uniform_samples` further uniform
+  samples per pair, as a run measures it), and through the paired comparison of held-out bpb. Share flagged 'at risk'; share
   'significantly different' (expected about 1 - confidence).
 Results: `<root>/results-<corpus>.json` and markdown tables on stdout.
 """
@@ -237,20 +237,20 @@ def part_law(rankings: dict, seeds: list[int], boot: int = 2000) -> dict:
 
 
 def part_alarms(prober: Prober, pool: dict, pairs: int, seeds: list[int], confidence: float) -> dict:
-    everything = {domain: texts for domain, texts in pool.items()}
-    n_samples = 2 * pairs + 3
-    samples = {f"uniform-{i:02d}": corpora.uniform(everything, int(DEFAULT * MARGIN), 1000 + i)
-               for i in range(n_samples)}
+    cfg = RiskConfig()
+    size = int(DEFAULT * MARGIN)
+    samples = {f"uniform-{i:02d}": corpora.uniform(pool, size, 1000 + i) for i in range(2 * pairs)}
     jobs = [(name, texts, DEFAULT, s) for s in seeds for name, texts in samples.items()]
     results = prober.run("uniform", jobs)
     names = sorted(samples)
     whole_R = {name: set_ratio(texts, "zlib") for name, texts in samples.items()}
-    cfg = RiskConfig()
     flagged, different, rows = 0, 0, []
     for index in range(pairs):
         a, b = names[2 * index], names[2 * index + 1]
-        full = [names[2 * pairs + j] for j in range(3)]
-        tolerance = r_tolerance([results[(f, DEFAULT, s)]["R_zlib"] for f, s in zip(full, seeds)], confidence)
+        # R's noise as a run measures it: risk.uniform_samples further samples of the pool, compressed, not probed
+        noise = [set_ratio(corpora.uniform(pool, size, 5000 + 100 * index + j), "zlib")
+                 for j in range(cfg.uniform_samples)]
+        tolerance = r_tolerance(noise, confidence)
         evidence = {n: SubsetEvidence(whole_R[n], {s: results[(n, DEFAULT, s)]["prequential_bpb"] for s in seeds})
                     for n in (a, b)}
         verdict = check_against_reference(evidence[a], evidence[b], cfg, confidence, tolerance)
