@@ -49,11 +49,6 @@ def source_version(paths) -> str:
     return f"{__version__}+{digest.hexdigest()}"
 
 
-def code_version(*modules) -> str:
-    """Version of the modules that implement a stage: their artifacts are rebuilt when that code changes."""
-    return source_version(module.__file__ for module in modules)
-
-
 @functools.lru_cache(maxsize=1)
 def package_code_version() -> str:
     """Version of the whole selectflow package: any code change invalidates task caches."""

@@ -19,7 +19,6 @@ import zstandard
 import selectflow.ingest.sources as sources
 from selectflow.config import IngestConfig
 from selectflow.ingest import (
-    MODULES,
     IngestError,
     InputFile,
     canonical_uri,
@@ -857,12 +856,6 @@ def test_fingerprint_is_content_hash(tmp_path):
     assert plan_inputs(config(path))[0].fingerprint != first
     path.write_bytes(jsonl_bytes([{"text": "v1"}]))
     assert plan_inputs(config(path))[0].fingerprint == first
-
-
-def test_modules_exported_for_code_version():
-    from selectflow.store import code_version
-
-    assert code_version(*MODULES)
 
 
 def test_format_of():

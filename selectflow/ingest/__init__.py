@@ -25,8 +25,6 @@ Rules for expanding paths: `selectflow.ingest.sources`. Per-format reading and t
 `selectflow.ingest.readers`. Field mapping, chat rendering and reasons: `selectflow.ingest.records`.
 """
 
-from selectflow import text as _text
-from selectflow.ingest import readers, records, sources
 from selectflow.ingest.readers import read_input
 from selectflow.ingest.records import RecordConverter, RecordError, reason_kind
 from selectflow.ingest.sources import (
@@ -40,11 +38,7 @@ from selectflow.ingest.sources import (
     plan_inputs,
 )
 
-# Modules whose source decides the ingest output (for the artifact cache key: see selectflow.store.code_version).
-MODULES = (sources, readers, records, _text)
-
 __all__ = [
-    "MODULES",
     "TEXT_GROUP_MAX_BYTES",
     "TEXT_GROUP_MAX_FILES",
     "IngestError",

@@ -14,9 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import selectflow.cluster.embed as embed_lib
-import selectflow.cluster.kmeans as kmeans_lib
-import selectflow.cluster.semdedup as semdedup_lib
 from selectflow.cluster.embed import (
     EmbeddingError,
     TfidfBasis,
@@ -28,13 +25,14 @@ from selectflow.cluster.embed import (
 from selectflow.cluster.kmeans import centroid_distances, neighbour_pairs, spherical_kmeans
 from selectflow.cluster.semdedup import semantic_dedup
 from selectflow.config import ClusterConfig, EmbeddingConfig
+from selectflow.fingerprint import code_fingerprint
 from selectflow.schema import decisions_table
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 BASIS, EMBED, CLUSTER = "embedding_basis", "embed", "cluster"
 BASIS_FILE, CENTROID_DISTANCES_FILE = "tfidf_basis.npz", "centroid_distances.npy"
-_EMBED_CODE = code_version(embed_lib)
-_CLUSTER_CODE = code_version(embed_lib, kmeans_lib, semdedup_lib)
 
 
 def _embedding_key(cfg: EmbeddingConfig) -> dict:
@@ -73,7 +71,7 @@ def embedding_basis_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: Em
         writer.stats(sample_docs=take, pool_docs=total, dim=cfg.dim, kept_features=len(basis.columns),
                      seconds=round(time.perf_counter() - started, 3))
 
-    return store.build(BASIS, _embedding_key(cfg), [ref.key for ref in pool], _EMBED_CODE, write)
+    return store.build(BASIS, _embedding_key(cfg), [ref.key for ref in pool], _CODE, write)
 
 
 def load_basis(basis: ArtifactRef) -> TfidfBasis:
@@ -104,7 +102,7 @@ def embed_stage(
         writer.stats(docs=len(texts), dim=int(vectors.shape[1]), seconds=round(seconds, 3),
                      docs_per_s=round(len(texts) / seconds, 1) if seconds > 0 else None, device=device)
 
-    return store.build(EMBED, _embedding_key(cfg), inputs, _EMBED_CODE, write)
+    return store.build(EMBED, _embedding_key(cfg), inputs, _CODE, write)
 
 
 def embeddings_table(doc_ids: pa.ChunkedArray | list[str], vectors: np.ndarray) -> pa.Table:
@@ -159,7 +157,7 @@ def cluster_stage(store: ArtifactStore, embeddings: list[ArtifactRef], cfg: Clus
                      seconds=round(time.perf_counter() - started, 3))
 
     config = cfg.model_dump(exclude={"embedding"})  # the embedding config is already in the input keys
-    return store.build(CLUSTER, config, [ref.key for ref in embeddings], _CLUSTER_CODE, write)
+    return store.build(CLUSTER, config, [ref.key for ref in embeddings], _CODE, write)
 
 
 def _decisions(doc_ids: list[str], result, dedup, k: int, cfg: ClusterConfig) -> pa.Table:

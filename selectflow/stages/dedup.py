@@ -7,19 +7,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import selectflow.dedup.exact as exact_lib
-import selectflow.dedup.minhash as minhash_lib
-import selectflow.dedup.near as near_lib
 from selectflow.config import ExactDedupConfig, NearDedupConfig
 from selectflow.dedup.exact import exact_duplicates, exact_duplicates_dask
 from selectflow.dedup.minhash import MinHasher
 from selectflow.dedup.near import near_duplicates
+from selectflow.fingerprint import code_fingerprint
 from selectflow.schema import decisions_table
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, Shard, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, Shard
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 EXACT, SIGNATURES, NEAR, DEDUPED = "dedup_exact", "minhash", "dedup_near", "deduped"
 KEY_COLUMNS = ["doc_id", "content_hash", "source", "line"]
-_CODE = code_version(exact_lib, minhash_lib, near_lib)
 
 
 def dropped_ids(decisions: ArtifactRef) -> pa.Array:

@@ -11,18 +11,15 @@ from typing import Any
 
 import pyarrow as pa
 
-import selectflow.influence.capture as capture_lib
-import selectflow.influence.ekfac as ekfac_lib
-import selectflow.influence.model as model_lib
-import selectflow.influence.projection as projection_lib
-import selectflow.influence.scorer as scorer_lib
 from selectflow.config import InfluenceConfig
+from selectflow.fingerprint import code_fingerprint
 from selectflow.influence.scorer import InfluenceScorer
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version, stable_hash
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, stable_hash
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 STAGE = "influence_reference"
 STATE_FILE = "influence_state.safetensors"
-_CODE = code_version(capture_lib, ekfac_lib, model_lib, projection_lib, scorer_lib)
 
 
 def influence_reference_stage(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import selectflow.ingest as ingest_lib
 from selectflow.config import IngestConfig
+from selectflow.fingerprint import code_fingerprint
 from selectflow.ingest import InputFile, read_input
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 STAGE = "ingest"
-CODE = code_version(*ingest_lib.MODULES)
 
 
 def ingest_key_config(file: InputFile, cfg: IngestConfig) -> dict:
@@ -44,4 +45,4 @@ def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> Art
             skipped_links=len(file.skipped_links),
         )
 
-    return store.build(STAGE, ingest_key_config(file, cfg), [file.fingerprint], CODE, write)
+    return store.build(STAGE, ingest_key_config(file, cfg), [file.fingerprint], _CODE, write)

@@ -18,23 +18,19 @@ import hashlib
 
 import pyarrow as pa
 
-import selectflow.compression as compression_lib
-import selectflow.probe.data as data_lib
-import selectflow.probe.metrics as metrics_lib
-import selectflow.probe.model as model_lib
-import selectflow.probe.tokenizer as tokenizer_lib
-import selectflow.probe.train as train_lib
 from selectflow.compression import set_ratio
 from selectflow.config import ProbeConfig
+from selectflow.fingerprint import code_fingerprint
 from selectflow.probe.data import pack_eval, pack_train, sample_to_tokens, stream_tokens
 from selectflow.probe.tokenizer import load_tokenizer
 from selectflow.probe.train import train_probe
 from selectflow.schema import decisions_table
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 STAGE = "probe"
 FULL_STAGE = "probe_full_pool"
-_CODE = code_version(data_lib, metrics_lib, model_lib, tokenizer_lib, train_lib, compression_lib)
 # Fields that do not change what one probe computes (its seed and budget are passed on their own).
 _TRAINING_FIELDS = {"enabled", "subsets", "unseen", "speed_fraction", "seeds", "seed", "tokens", "confidence"}
 

@@ -7,23 +7,22 @@ Each stage writes "docs" (the selection, DOCS schema), "decisions" (one row per 
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
-import selectflow.select.baselines as baselines_lib
-import selectflow.select.quad as quad_lib
-import selectflow.select.zip as zip_lib
 from selectflow.config import InfluenceConfig, QuadConfig
+from selectflow.fingerprint import code_fingerprint
 from selectflow.schema import decisions_table
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
 from selectflow.select.zip import token_counter
 from selectflow.stages.pool import Pool, read_pool
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 QUAD, RANDOM, TOPK = "select_quad", "select_random", "select_topk"
 SCORE_BATCH = 256  # documents per scorer call for top-k (bounds memory; progress between calls)
@@ -55,13 +54,6 @@ def _load_scorer(influence_ref: ArtifactRef, cfg: InfluenceConfig):
     from selectflow.stages.influence import load_scorer
 
     return load_scorer(influence_ref, cfg)
-
-
-def _code(*, with_influence: bool) -> str:
-    modules = [quad_lib, baselines_lib, zip_lib, importlib.import_module(__name__)]
-    if with_influence:
-        modules.append(importlib.import_module("selectflow.stages.influence"))
-    return code_version(*modules)
 
 
 def _budget_config(cfg: QuadConfig) -> dict:
@@ -193,7 +185,7 @@ def select_quad_stage(
 
     config = {"quad": cfg.model_dump(), "influence": influence_cfg.model_dump(), "d_max": d_max}
     inputs = [ref.key for ref in pool] + [cluster_ref.key, influence_ref.key]
-    return store.build(QUAD, config, inputs, _code(with_influence=True), write)
+    return store.build(QUAD, config, inputs, _CODE, write)
 
 
 # ----------------------------------------------------------------------------------------------- baselines
@@ -221,7 +213,7 @@ def select_random_stage(
         _write_selection(writer, data, selected, decisions, lengths, started)
 
     inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else [])
-    return store.build(RANDOM, {**_budget_config(cfg), "seed": seed}, inputs, _code(with_influence=False), write)
+    return store.build(RANDOM, {**_budget_config(cfg), "seed": seed}, inputs, _CODE, write)
 
 
 def select_topk_stage(
@@ -277,7 +269,7 @@ def select_topk_stage(
 
     config = {**_budget_config(cfg), "influence": influence_cfg.model_dump(), "candidates": candidates, "seed": seed}
     inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else []) + [influence_ref.key]
-    return store.build(TOPK, config, inputs, _code(with_influence=True), write)
+    return store.build(TOPK, config, inputs, _CODE, write)
 
 
 def _groups(data: Pool) -> list[str | None]:

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import selectflow.compression as compression_lib
-import selectflow.select.zip as zip_lib
 from selectflow.config import ZipConfig
+from selectflow.fingerprint import code_fingerprint
 from selectflow.schema import decisions_table
 from selectflow.select.zip import ZipCheckpoint, zip_select
 from selectflow.stages.pool import read_pool
-from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, code_version
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
 STAGE = "select_zip"
-_CODE = code_version(zip_lib, compression_lib)
 
 
 def _reason(row: dict, mode: str) -> str:

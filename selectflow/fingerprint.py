@@ -1,0 +1,80 @@
+"""Code fingerprints for the artifact cache, derived from the imports instead of kept by hand.
+
+A stage's fingerprint hashes its own module plus every selectflow module it imports, transitively: the import
+statements are read from the source (those inside functions too, which a look at `sys.modules` after import would
+miss), and the packages on the way (`selectflow/__init__.py`, `selectflow/dedup/__init__.py`, ...) count because
+they run on import. Editing any module of that closure rebuilds the stage's artifacts; editing one outside it
+leaves them cached. Imports by computed name (`importlib.import_module(name)`) are not seen: import by name.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+from selectflow.store import source_version
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_ROOT.name
+
+
+def module_file(name: str, root: Path = PACKAGE_ROOT) -> Path | None:
+    """The source file of module `name` of the package at `root`; None for other packages and non-modules."""
+    parts = name.split(".")
+    if parts[0] != root.name:
+        return None
+    base = root.parent.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_names(path: Path, name: str) -> set[str]:
+    """Every module name the source at `path` (module `name`) imports, or may import: for `from m import x` both m
+    and m.x (x may be a submodule)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            found.add(source)
+            found.update(f"{source}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_closure(module: str, root: Path = PACKAGE_ROOT) -> dict[str, Path]:
+    """Module name -> source file for `module` and every module of its package it imports, transitively, with
+    the packages that contain them."""
+    closure: dict[str, Path] = {}
+    pending = [module]
+    while pending:
+        parts = pending.pop().split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name in closure or (path := module_file(name, root)) is None:
+                continue
+            closure[name] = path
+            pending.extend(imported_names(path, name))
+    return closure
+
+
+def closure_fingerprint(module: str, root: Path = PACKAGE_ROOT) -> str:
+    """The package version plus a hash of `module`'s import closure (file contents in module-name order)."""
+    closure = import_closure(module, root)
+    if module not in closure:
+        raise ValueError(f"code fingerprint: {module!r} is not a module of the package at {root}")
+    return source_version(closure[name] for name in sorted(closure))
+
+
+@functools.cache
+def code_fingerprint(module: str) -> str:
+    """The code version a stage module keys its artifacts on (computed once per process)."""
+    return closure_fingerprint(module)
