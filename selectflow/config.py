@@ -201,7 +201,11 @@ class ClusterConfig(_Strict):
 
 
 class InfluenceConfig(_Strict):
-    """Influence of a training document on the reference set's loss, on a reference model (EK-FAC curvature)."""
+    """Influence of a training document on the reference set's loss, on a reference model (EK-FAC curvature).
+
+    Fit settings (all but batch_size and device) key the fitted state, and through it every selection scored with
+    it; the model counts by its files' content, not its path. Run settings change only the speed: changing them
+    reuses both."""
 
     model_path: str | None = Field(
         None,
@@ -228,10 +232,11 @@ class InfluenceConfig(_Strict):
         None, ge=1, description="Reference chunks averaged into the reference gradient (a seeded sample). Unset: all."
     )
     normalize: bool = Field(True, description="L2-normalize gradients before the dot product (as QUAD does).")
-    batch_size: int = Field(8, ge=1, description="Chunks per forward/backward pass.")
-    device: Device = Field("auto", description="'auto': CUDA when available, else CPU.")
+    batch_size: int = Field(8, ge=1, description="Chunks per forward/backward pass (a run setting).")
+    device: Device = Field("auto", description="'auto': CUDA when available, else CPU (a run setting).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="'auto': bfloat16 on CUDA, float32 on CPU. Curvature math is always float32."
+        "auto", description="'auto': bfloat16 on CUDA, float32 on CPU. Curvature math is always float32. Keyed as "
+        "resolved: 'auto' and 'float32' on CPU share a fitted state."
     )
     seed: int = Field(0, description="Seed of projections and curvature samples.")
 

@@ -5,15 +5,19 @@ statements are read from the source (those inside functions too, which a look at
 miss), and the packages on the way (`selectflow/__init__.py`, `selectflow/dedup/__init__.py`, ...) count because
 they run on import. Editing any module of that closure rebuilds the stage's artifacts; editing one outside it
 leaves them cached. Imports by computed name (`importlib.import_module(name)`) are not seen: import by name.
+
+Models and tokenizers are keyed the same way, by content (`files_fingerprint`): the same weights under another
+path reuse the artifacts, new weights under the same path rebuild them.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 from pathlib import Path
 
-from selectflow.store import source_version
+from selectflow.store import file_sha256, source_version
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_ROOT.name
@@ -78,3 +82,25 @@ def closure_fingerprint(module: str, root: Path = PACKAGE_ROOT) -> str:
 def code_fingerprint(module: str) -> str:
     """The code version a stage module keys its artifacts on (computed once per process)."""
     return closure_fingerprint(module)
+
+
+def files_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's contents, or over the names and contents of a folder's visible files (not subfolders)."""
+    path = Path(path).expanduser().resolve()
+    if path.is_file():
+        return _sha256_of(str(path), *_signature(path))
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{_sha256_of(str(file), *_signature(file))}\0".encode())
+    return digest.hexdigest()
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime in the key: a rewritten file is re-read
+    return file_sha256(Path(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +16,8 @@ from scipy.stats import spearmanr
 from selectflow.config import InfluenceConfig
 from selectflow.influence import InfluenceError, InfluenceScorer, chunk_token_ids
 from selectflow.influence.exact import layer_gradients
-from selectflow.influence.model import freeze
-from selectflow.stages.influence import influence_reference_stage, load_scorer
+from selectflow.influence.model import freeze, model_fingerprint
+from selectflow.stages.influence import fit_key, influence_reference_stage, load_scorer
 from selectflow.store import ArtifactStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -254,10 +255,24 @@ def test_stage_builds_a_cached_artifact_that_scores_like_the_scorer(world, tmp_p
     assert stats["device"] == "cpu" and stats["dims"] > 0
     again = influence_reference_stage(store, reference, cfg, model=world["model"], tokenizer=WordTokenizer())
     assert again.key == ref.key
+    run_settings = cfg.model_copy(update={"batch_size": 3, "device": "cpu", "dtype": "float32"})  # float32 = CPU's auto
+    assert influence_reference_stage(store, reference, run_settings, model=world["model"],
+                                     tokenizer=WordTokenizer()).key == ref.key  # reused, not refitted
+    assert fit_key(cfg.model_copy(update={"damping": 0.5})) != fit_key(cfg)  # a fit setting: refitted
     docs = as_text(world["docs_a"][:4] + world["docs_b"][:4])
     direct = InfluenceScorer(cfg, world["model"], WordTokenizer()).fit(reference.column("text").to_pylist())
     np.testing.assert_allclose(load_scorer(ref, cfg, world["model"], WordTokenizer()).score(docs),
                                direct.score(docs), rtol=1e-5, atol=1e-7)
+
+
+def test_model_is_keyed_by_content_not_path(tiny_lm, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_lm, moved)
+    assert model_fingerprint(str(moved)) == model_fingerprint(str(tiny_lm))
+    weights = next(path for path in moved.iterdir() if path.suffix in {".safetensors", ".bin"})
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # other weights under the same path
+    assert model_fingerprint(str(moved)) != model_fingerprint(str(tiny_lm))
+    assert fit_key(InfluenceConfig(model_path=str(tiny_lm))) != fit_key(InfluenceConfig(model_path=str(moved)))
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -264,7 +265,7 @@ def test_full_pool_sample_covers_the_budget(store, tokenizer):
     assert bigger.num_rows > docs.num_rows
 
 
-def test_hf_tokenizer_probe(store, heldout, tiny_lm):
+def test_hf_tokenizer_probe(store, heldout, tiny_lm, tmp_path):
     cfg = ProbeConfig(**TINY, tokenizer="hf", tokenizer_path=str(tiny_lm))
     ref = probe_stage(store, "prose", _subset(store, _texts("prose.jsonl.zst", 40), "prose"), heldout[0], None,
                       cfg, seed=0, tokens=BUDGET)
@@ -273,6 +274,12 @@ def test_hf_tokenizer_probe(store, heldout, tiny_lm):
     # bits per byte do not depend on the tokenizer's vocabulary: an untrained model still starts near log2(vocab)
     # bits per token, i.e. fewer bits per byte than a byte model (tokens hold several bytes)
     assert 0 < stats["reference_bpb"] < stats["reference_initial_bpb"] < math.log2(600)
+    # the tokenizer counts by its files' content: the same files elsewhere reuse the probe
+    moved = tmp_path / "moved-tokenizer"
+    shutil.copytree(tiny_lm, moved)
+    again = probe_stage(store, "prose", _subset(store, _texts("prose.jsonl.zst", 40), "prose"), heldout[0], None,
+                        cfg.model_copy(update={"tokenizer_path": str(moved)}), seed=0, tokens=BUDGET)
+    assert again.key == ref.key
 
 
 def test_clear_errors(store, heldout, tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 
 from selectflow import devices
 from selectflow.devices import SMOLLM2_GGUF, smollm2_folder
+from selectflow.fingerprint import files_fingerprint
 
 ATTENTION_MARKERS = ("attn", "attention")
 MLP_MARKERS = ("mlp", "feed_forward", "ffn")
@@ -42,6 +43,12 @@ def model_location(model_path: str | None) -> tuple[str, str | None]:
         f"influence.model_path={model_path!r} is neither a .gguf file nor a folder with config.json; "
         "set it to a local HF causal-LM checkpoint (folder) or a .gguf file, or leave it unset for SmolLM2-135M"
     )
+
+
+def model_fingerprint(model_path: str | None) -> str:
+    """The model's identity for cache keys: the GGUF file's or the checkpoint folder's content, not its path."""
+    folder, gguf_file = model_location(model_path)
+    return files_fingerprint(Path(folder) / gguf_file if gguf_file else folder)
 
 
 @functools.lru_cache(maxsize=2)

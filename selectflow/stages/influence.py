@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from selectflow.config import InfluenceConfig
 from selectflow.fingerprint import code_fingerprint
+from selectflow.influence.model import model_fingerprint, resolve_device, resolve_dtype
 from selectflow.influence.scorer import InfluenceScorer
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, stable_hash
 
@@ -44,7 +45,15 @@ def influence_reference_stage(
         scorer.save(writer.file(STATE_FILE))
         writer.stats(**scorer.stats, state_file=STATE_FILE)
 
-    return store.build(STAGE, cfg.model_dump(), inputs, _CODE, write)
+    return store.build(STAGE, fit_key(cfg), inputs, _CODE, write)
+
+
+def fit_key(cfg: InfluenceConfig) -> dict:
+    """What decides the fitted state and every score from it: the settings less the run settings (batch_size and
+    device change only how fast it goes), the model by content, and the dtype as resolved for the device."""
+    settings = cfg.model_dump(exclude={"model_path", "batch_size", "device", "dtype"})
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return {**settings, "model": model_fingerprint(cfg.model_path), "dtype": str(dtype)}
 
 
 def load_scorer(ref: ArtifactRef, cfg: InfluenceConfig, model: Any = None, tokenizer: Any = None) -> InfluenceScorer:

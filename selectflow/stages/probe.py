@@ -15,12 +15,13 @@ trains: a subset's tokens (for the common budget) and its compression ratios R (
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pyarrow as pa
 
 from selectflow.compression import set_ratio
 from selectflow.config import ProbeConfig
-from selectflow.fingerprint import code_fingerprint
+from selectflow.fingerprint import code_fingerprint, files_fingerprint
 from selectflow.probe.data import pack_eval, pack_train, sample_to_tokens, stream_tokens
 from selectflow.probe.tokenizer import load_tokenizer
 from selectflow.probe.train import train_probe
@@ -37,6 +38,14 @@ _TRAINING_FIELDS = {"enabled", "subsets", "unseen", "speed_fraction", "seeds", "
 
 def _tokenizer(cfg: ProbeConfig):
     return load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, cfg.init_checkpoint)
+
+
+def _model_files(cfg: ProbeConfig) -> dict[str, str | None]:
+    """The tokenizer and init checkpoint by content: moved files reuse the probes, changed ones retrain them. A
+    missing path stays as given, for the loader to report."""
+    paths = {field: getattr(cfg, field) for field in ("tokenizer_path", "init_checkpoint")}
+    return {field: files_fingerprint(path) if path and Path(path).expanduser().exists() else path
+            for field, path in paths.items()}
 
 
 def _texts_digest(table: pa.Table | None) -> str | None:
@@ -65,8 +74,10 @@ def probe_stage(
 ) -> ArtifactRef:
     """Train the probe of `seed` on `tokens` of the documents of `subset` ("docs" tables); held-out sets: reference
     (and unseen)."""
-    config = {"name": name, "seed": seed, "tokens": tokens, "probe": cfg.model_dump(exclude=_TRAINING_FIELDS),
-              "reference": _texts_digest(reference_docs), "unseen": _texts_digest(unseen_docs)}
+    config = {"name": name, "seed": seed, "tokens": tokens,
+              "probe": cfg.model_dump(exclude=_TRAINING_FIELDS | {"tokenizer_path", "init_checkpoint"}),
+              "files": _model_files(cfg), "reference": _texts_digest(reference_docs),
+              "unseen": _texts_digest(unseen_docs)}
 
     def write(writer: ArtifactWriter) -> None:
         docs = _read_docs(subset)
@@ -109,7 +120,7 @@ def subset_profile(refs: list[ArtifactRef], cfg: ProbeConfig) -> dict:
 def full_pool_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: ProbeConfig, seed: int,
                     budget: int) -> ArtifactRef:
     """The 'full' comparison subset of `seed`: a seeded uniform sample of the pool whose tokens just cover `budget`."""
-    config = {"tokens": budget, "seed": seed, "tokenizer": [cfg.tokenizer, cfg.tokenizer_path, cfg.init_checkpoint]}
+    config = {"tokens": budget, "seed": seed, "tokenizer": cfg.tokenizer, "files": _model_files(cfg)}
 
     def write(writer: ArtifactWriter) -> None:
         docs = _read_docs(pool)

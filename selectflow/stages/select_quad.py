@@ -183,7 +183,8 @@ def select_quad_stage(
                          pulled_clusters=sum(1 for c in result.clusters if c["pulls"]),
                          mean_influence_scored=float(np.nanmean(result.docs.influence)) if result.scored else None)
 
-    config = {"quad": cfg.model_dump(), "influence": influence_cfg.model_dump(), "d_max": d_max}
+    # influence_ref's key holds every influence setting that changes a score; the run settings change none
+    config = {"quad": cfg.model_dump(), "d_max": d_max}
     inputs = [ref.key for ref in pool] + [cluster_ref.key, influence_ref.key]
     return store.build(QUAD, config, inputs, _CODE, write)
 
@@ -267,7 +268,7 @@ def select_topk_stage(
         _write_selection(writer, data, selected, decisions, lengths, started, scored_docs=len(chosen),
                          mean_influence_scored=float(np.nanmean(scores)) if len(chosen) else None)
 
-    config = {**_budget_config(cfg), "influence": influence_cfg.model_dump(), "candidates": candidates, "seed": seed}
+    config = {**_budget_config(cfg), "candidates": candidates, "seed": seed}
     inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else []) + [influence_ref.key]
     return store.build(TOPK, config, inputs, _CODE, write)
 
