@@ -77,8 +77,8 @@ def probe_subsets(
     ], "uniform samples of the pool"))) if sample_seeds else {}
     task = probe_training.with_options(**shard_task_options(retries, retry_delay_seconds))
     keys = [(name, seed) for seed in seeds for name in names]
-    calls = [(task, {"workspace": workspace, "name": name, "subset": [samples[seed]] if name == "full" else subsets[name],
-                     "reference": reference, "unseen": unseen, "cfg": cfg, "seed": seed, "tokens": budget})
+    calls = [(task, {"workspace": workspace, "name": name, "reference": reference, "unseen": unseen, "cfg": cfg,
+                     "subset": [samples[seed]] if name == "full" else subsets[name], "seed": seed, "tokens": budget})
              for name, seed in keys]
     runs: dict[str, dict[int, ArtifactRef]] = {name: {} for name in names}
     for (name, seed), ref in zip(keys, run_tasks(calls, "probe")):

@@ -8,9 +8,9 @@ with every tolerance derived from the run's own seed noise (`selectflow.probe.co
 1. Against the random subset (`check_against_reference`). R is the compression ratio of the whole subset
    (deterministic); L is the probes' first-epoch loss in bits per byte (= prequential code length), one value per
    seed. R counts as higher when R - R_random exceeds the noise of R between uniform samples of the pool
-   (`risk.uniform_samples` seeded samples at the probe budget: t * sd * sqrt(2)); L counts as lower when the paired interval of L - L_random lies
-   below 0. Both: **at risk**. R higher and L lower in the mean but its interval reaching 0: **inconclusive**, with
-   the seeds that would decide it. Otherwise **ok**. When this deployment's history contradicts the law's direction
+   (`risk.uniform_samples` seeded samples at the probe budget: t * sd * sqrt(2)); L counts as lower when the
+   paired interval of L - L_random lies below 0. Both: **at risk**. R higher and L lower in the mean but its
+   interval reaching 0: **inconclusive**, with the seeds that would decide it. Otherwise **ok**. When this deployment's history contradicts the law's direction
    (the fit's coefficient of R is negative with an interval excluding 0), the rule is not applied: **law
    contradicted**, and the verdict says what the history shows.
 2. Against the history of this deployment (`check_against_history`): once at least `min_history` earlier

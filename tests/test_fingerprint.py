@@ -64,7 +64,8 @@ def test_editing_a_module_changes_the_fingerprint_of_exactly_the_stages_that_imp
     def importers(module: str) -> set[str]:
         return {stage for stage in STAGE_MODULES if module in import_closure(stage, root)}
 
-    assert changed_after_editing("stages/dedup.py") == importers("selectflow.stages.dedup") >= {"selectflow.stages.dedup"}
+    dedup_stage = "selectflow.stages.dedup"
+    assert changed_after_editing("stages/dedup.py") == importers(dedup_stage) >= {dedup_stage}
     assert changed_after_editing("dedup/minhash.py") == importers("selectflow.dedup.minhash")
     assert "selectflow.stages.probe" not in importers("selectflow.dedup.minhash")
     assert changed_after_editing("probe/train.py") == {"selectflow.stages.probe"}
@@ -88,7 +89,8 @@ cfg = IngestConfig(inputs=[InputSpec(path={str(corpus)!r})])
 ingested = [ingest_file(store, file, cfg) for file in plan_inputs(cfg)]
 exact = exact_dedup(store, [shard for ref in ingested for shard in ref.shards("docs")], ExactDedupConfig())
 import selectflow
-print(json.dumps({{"imported_from": selectflow.__file__, "ingest": [ref.key for ref in ingested], "dedup_exact": exact.key,
+print(json.dumps({{"imported_from": selectflow.__file__, "ingest": [ref.key for ref in ingested],
+                  "dedup_exact": exact.key,
                   "dropped": exact.read("decisions")["decision"].to_pylist().count("dropped")}}))
 """
     env = {**os.environ, "PYTHONPATH": str(package_copy.parent)}
