@@ -10,9 +10,10 @@ Parts (every probe uses the default ProbeConfig except its budget, and is cached
 - noise: the zip / quad / random subsets of a workspace's latest completed run and a fresh uniform sample of its
   pool per seed ('full'), at the default budget and at 4x. Per subset the seed sd; per subset the paired difference
   vs random with its interval and signal-to-noise |mean| / sd.
-- rankings: the eight recipes of `corpora.recipes` (different redundancy and domain mix), each built once at the
+- rankings: the recipes of `corpora.recipes` (different redundancy and domain mix), each built once at the
   largest budget; probes at the default budget (--seeds) and at 8x (--big-seeds). Pairwise rankings by mean held-out
-  bpb (reference and unseen) at the default budget vs at 8x: the share that agree.
+  bpb (reference and unseen) at the default budget vs at 8x: the share that agree, over all pairs and over the
+  pairs the default-budget probes call different (paired interval over seeds excluding 0).
 - law: Spearman(R, held-out bpb) over the recipes at the default budget (R: zlib ratio of the text trained on, mean
   over seeds), with a bootstrap interval over recipes and seeds; reported whatever its sign.
 - alarms: --pairs pairs of independent uniform samples of the pool; each pair goes through the risk check's rule
@@ -177,10 +178,18 @@ def recipe_subsets(pool: dict[str, list[str]], largest: int) -> dict[str, list[s
     return built
 
 
-def rank_agreement(small: dict[str, float], big: dict[str, float]) -> tuple[int, int]:
-    pairs = list(itertools.combinations(sorted(small), 2))
+def rank_agreement(small: dict[str, float], big: dict[str, float],
+                   pairs: list[tuple[str, str]] | None = None) -> tuple[int, int]:
+    pairs = list(itertools.combinations(sorted(small), 2)) if pairs is None else pairs
     same = sum((small[a] < small[b]) == (big[a] < big[b]) for a, b in pairs)
     return same, len(pairs)
+
+
+def decided_pairs(results: dict, names: list[str], tokens: int, seeds: list[int], metric: str,
+                  confidence: float) -> list[tuple[str, str]]:
+    """The pairs the probes at `tokens` call different: paired interval over seeds excluding 0."""
+    return [(a, b) for a, b in itertools.combinations(sorted(names), 2)
+            if paired(results, a, b, tokens, seeds, metric, confidence).excludes_zero()]
 
 
 def part_rankings(prober: Prober, pool: dict, seeds: list[int], big_seeds: list[int], factor: int,
@@ -200,7 +209,11 @@ def part_rankings(prober: Prober, pool: dict, seeds: list[int], big_seeds: list[
         small = {n: statistics.mean(results[(n, DEFAULT, s)][metric] for s in seeds) for n in subsets}
         large = {n: statistics.mean(results[(n, big, s)][metric] for s in big_seeds) for n in subsets}
         same, total = rank_agreement(small, large)
-        out["agreement"][metric] = {"agree": same, "pairs": total, "share": same / total}
+        decided = decided_pairs(results, list(subsets), DEFAULT, seeds, metric, confidence)
+        same_decided, n_decided = rank_agreement(small, large, decided)
+        out["agreement"][metric] = {"agree": same, "pairs": total, "share": same / total,
+                                    "decided_agree": same_decided, "decided_pairs": n_decided,
+                                    "decided_share": same_decided / n_decided if n_decided else None}
     out["results"] = {f"{k[0]}|{k[1]}|{k[2]}": {m: v[m] for m in ("reference_bpb", "unseen_bpb", "R_zlib",
                                                                     "prequential_bpb", "wall_s")}
                       for k, v in results.items()}
@@ -292,7 +305,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {shown[0]} | {shown[2]} | {shown[1]} | {shown[3]} |")
         for metric, agreement in rankings["agreement"].items():
             lines.append(f"\nPairwise ranking agreement, {metric}, 1x vs {rankings['factor']}x: "
-                         f"{agreement['agree']}/{agreement['pairs']} = {agreement['share']:.0%}")
+                         f"{agreement['agree']}/{agreement['pairs']} = {agreement['share']:.0%}; among the pairs the "
+                         f"1x probes call different: {agreement['decided_agree']}/{agreement['decided_pairs']}")
     if law := result.get("law"):
         for metric in ("reference_bpb", "unseen_bpb"):
             entry = law[metric]
