@@ -43,12 +43,16 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A dozen JSONL files cut from the sample corpus (real text, real duplicates) plus one file of bad records."""
-    root = tmp_path_factory.mktemp("corpus")
+    return write_small_corpus(tmp_path_factory.mktemp("corpus"), files=12)
+
+
+def write_small_corpus(root: Path, files: int) -> Path:
+    """1,200 sample records (prose, dictionary, licenses) dealt over `files` JSONL files, and bad.jsonl."""
     records = [r for name in ("prose.jsonl.zst", "dictionary.jsonl.zst", "licenses.jsonl.zst")
                for r in sample_records(name, 400)]
-    for index in range(12):
+    for index in range(files):
         with open(root / f"part-{index:02d}.jsonl", "w", encoding="utf-8") as handle:
-            for record in records[index::12]:
+            for record in records[index::files]:
                 handle.write(json.dumps(record) + "\n")
     (root / "bad.jsonl").write_bytes(
         b'{"text": "a fine record about compilers and their passes"}\n'

@@ -28,7 +28,7 @@ SAMPLE = REPO / "selectflow" / "data" / "sample"
 PY = sys.executable
 POLL_S = 0.005
 sys.path.insert(0, str(REPO))
-from tests.conftest import build_tiny_lm, sample_records  # noqa: E402  (the tests' corpus reader and tiny LM)
+from tests.conftest import build_tiny_lm, sample_records, write_small_corpus  # noqa: E402  (the tests' data)
 
 PROJECTION_DIM = 0  # --projection-dim
 
@@ -45,21 +45,8 @@ def build_data(data: Path) -> None:
         return
     if data.exists():
         shutil.rmtree(data)
-    corpus = data / "corpus"
-    corpus.mkdir(parents=True)
-    records = [r for name in ("prose.jsonl.zst", "dictionary.jsonl.zst", "licenses.jsonl.zst")
-               for r in sample_records(name, 400)]
-    for index in range(6):
-        with open(corpus / f"part-{index:02d}.jsonl", "w", encoding="utf-8") as handle:
-            for record in records[index::6]:
-                handle.write(json.dumps(record) + "\n")
-    (corpus / "bad.jsonl").write_bytes(
-        b'{"text": "a fine record about compilers and their passes"}\n'
-        b'{"text": "unterminated\n'
-        b'{"text": 42}\n'
-        b'{"body": "no text field"}\n'
-        b'{"text": "\xff\xfe not utf-8"}\n'
-    )
+    (data / "corpus").mkdir(parents=True)
+    write_small_corpus(data / "corpus", files=6)
     # Repeat corpora: tests/test_dask_stages.py's write_corpus (exact and near copies across neighbouring files).
     pool = list(dict.fromkeys(r["text"] for r in sample_records("fortunes.jsonl.zst")
                               if 12 <= len(r["text"].split()) <= 80))
