@@ -19,8 +19,7 @@ Parts (every probe uses the default ProbeConfig except its budget, and is cached
 - alarms: --pairs pairs of independent uniform samples of the pool; each pair goes through the risk check's rule
   against random (`selectflow.risk.check_against_reference`, R noise from `risk.uniform_samples` further uniform
   samples per pair, as a run measures it), and through the paired comparison of held-out bpb. Share flagged 'at
-  risk'; share
-  'significantly different' (expected about 1 - confidence).
+  risk'; share 'significantly different' (expected about 1 - confidence).
 Results: `<root>/results-<corpus>.json` and markdown tables on stdout.
 """
 
