@@ -104,7 +104,7 @@ def cmd_run(args) -> int:
     with workspace_lock(config.workspace), stop_on_signals():
         _offline_environment(config.workspace)
         _start_prefect(args.debug)
-        from flows.curate import curate  # imports Prefect: after the environment is set
+        from selectflow.flows.curate import curate  # imports Prefect: after the environment is set
 
         summary = curate(config)
     if args.json:
@@ -122,7 +122,7 @@ def cmd_serve(args) -> int:
     preflight(config)
     _offline_environment(config.workspace)
     _start_prefect(args.debug)
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
 
     curate.serve(
         name=args.name,

@@ -32,7 +32,7 @@ def small_config(tmp_path, small_corpus):
 
 
 def test_curate_small_corpus(prefect_harness, small_config):
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
 
     summary = curate(small_config)
     stages = {row["stage"]: row for row in summary["stages"]}
@@ -100,7 +100,7 @@ def test_curate_small_corpus(prefect_harness, small_config):
 
 
 def test_rerun_is_cached_and_identical(prefect_harness, small_config):
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
 
     first = curate(small_config)
     store = ArtifactStore(small_config.workspace / "store")
@@ -114,7 +114,7 @@ def test_rerun_is_cached_and_identical(prefect_harness, small_config):
 def test_grown_corpus_reuses_unchanged_shards(prefect_harness, small_config, small_corpus, tmp_path):
     import shutil
 
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
 
     grown = tmp_path / "grown"
     grown.mkdir()
@@ -137,7 +137,7 @@ def test_grown_corpus_reuses_unchanged_shards(prefect_harness, small_config, sma
 
 def test_failed_shard_is_retried(prefect_harness, small_config, monkeypatch):
     import selectflow.stages.ingest as stage
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
 
     real = stage.read_input
     calls = {}
@@ -157,7 +157,7 @@ def test_failed_shard_is_retried(prefect_harness, small_config, monkeypatch):
 
 
 def test_missing_input_fails_at_once(prefect_harness, tmp_path):
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
     from selectflow.ingest import IngestError
 
     config = load_config(write_config(tmp_path / "c.yaml", [{"path": str(tmp_path / "nope.jsonl")}], tmp_path / "ws"))
@@ -170,7 +170,7 @@ def test_missing_input_fails_at_once(prefect_harness, tmp_path):
 @pytest.mark.timeout(1500)  # ~8 minutes on 2 idle cores; CI machines run it at a fraction of that speed
 def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
     """The README's job: the embedded sample with its shipped config (process workers), under a test server."""
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
     from selectflow.cli import SAMPLE_CONFIG
     from tests.conftest import SHARED_MLFLOW
 
@@ -202,7 +202,7 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
 
     import mlflow
 
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
 
     path = write_config(
         tmp_path / "c.yaml", [{"path": str(small_corpus / "part-0[0-5].jsonl")}], tmp_path / "ws",
@@ -305,7 +305,7 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     assert "predicted held-out bpb" in page and "90% interval" in page and "No fit yet" not in page
 
     # risk.fail_on_risk: a re-run (every stage cached) whose check says "at risk" fails after recording everything.
-    import flows.curate as curate_module
+    import selectflow.flows.curate as curate_module
     from selectflow.risk import AT_RISK, RiskVerdict, SubsetAssessment
 
     def at_risk(probes, history, cfg, confidence):

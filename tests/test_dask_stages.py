@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from prefect import flow, task
 
-from flows.dedup import DedupResult, deduplicate
-from flows.runner import dask_runner
+from selectflow.flows.dedup import DedupResult, deduplicate
+from selectflow.flows.runner import dask_runner
 from selectflow.config import DaskConfig, DedupConfig, IngestConfig, InputSpec
 from selectflow.dedup.exact import KEY_COLUMNS, exact_duplicates
 from selectflow.ingest import plan_inputs

@@ -76,7 +76,7 @@ def shared_small_run(request, tmp_path_factory, small_corpus) -> dict:
     request.getfixturevalue("prefect_harness")
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
     from selectflow.config import load_config
 
     root = tmp_path_factory.mktemp("small-run")
@@ -266,7 +266,7 @@ def copy_workspace(source: Path, target: Path) -> Path:
 @pytest.mark.parametrize("rotation", [0, pytest.param(1, marks=pytest.mark.slow),
                                       pytest.param(2, marks=pytest.mark.slow)])
 def test_damaged_artifacts_are_quarantined_and_rebuilt(small_run, tmp_path, small_corpus, rotation, caplog, capsys):
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
     from selectflow.config import load_config
 
     workspace = copy_workspace(small_run["workspace"], tmp_path / "ws")
@@ -421,7 +421,7 @@ def test_failed_run_pickles_nothing_and_fails_before_selection(prefect_harness, 
     storage pointed where the CLI puts it, <workspace>/prefect/storage)."""
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
     from selectflow.config import load_config
     from selectflow.select import ZipError
 

@@ -51,7 +51,7 @@ def test_curate_reports_to_a_real_prefect_server(prefect_api, tmp_path, small_co
 def test_curate_on_an_existing_dask_scheduler(prefect_harness, tmp_path, small_corpus):
     from distributed import LocalCluster
 
-    from flows.curate import curate
+    from selectflow.flows.curate import curate
     from selectflow.config import load_config
 
     inputs = [{"path": str(small_corpus / "part-0[0-5].jsonl")}]

@@ -3,7 +3,7 @@ corrupted artifacts. See bench/chaos/README.md for the commands and what each pa
 
 Every run is a real `selectflow run --config ... --json` subprocess in its own process group (start_new_session), on
 its own workspace with its own PREFECT_HOME (as tests/test_resume.py does). The code under test is a snapshot of the
-repository's selectflow/, flows/ and tasks/ taken when the bench starts (`--code snapshot`, the default; it is put
+repository's selectflow/ taken when the bench starts (`--code snapshot`, the default; it is put
 first on PYTHONPATH and is the CLI's working directory), so edits made to the working tree while the bench runs cannot
 change cache keys half-way; `--code live` runs the working tree as it is.
 """
@@ -127,8 +127,7 @@ class Env:
             if self.code_dir.exists():
                 shutil.rmtree(self.code_dir)
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-            for package in ("selectflow", "flows", "tasks"):
-                shutil.copytree(REPO / package, self.code_dir / package, ignore=ignore)
+            shutil.copytree(REPO / "selectflow", self.code_dir / "selectflow", ignore=ignore)
 
     def templates(self) -> None:
         """An empty, already migrated Prefect server database and MLflow store, copied into each fresh workspace: a
@@ -829,7 +828,7 @@ def main() -> None:
     parser.add_argument("--projection-dim", type=int, default=0,
                         help="influence.projection_dim (0: unset, exact scores)")
     parser.add_argument("--code", default="snapshot",
-                        help="'snapshot' (copy selectflow/, flows/, tasks/ under --root now), 'live' (the working "
+                        help="'snapshot' (copy selectflow/ under --root now), 'live' (the working "
                         "tree), or the path of an existing snapshot (to share one between benches run side by side)")
     args = parser.parse_args()
     parts = args.only or ["kill", "repeat"]

@@ -1,10 +1,10 @@
 from prefect import flow
 
-from flows.runner import run_shards
+from selectflow.flows.runner import run_shards
 from selectflow.config import ClusterConfig
 from selectflow.store import ArtifactRef
-from tasks.cluster import cluster_assignments, embedding_basis, shard_embeddings
-from tasks.common import FLOW_OPTIONS, shard_task_options
+from selectflow.tasks.cluster import cluster_assignments, embedding_basis, shard_embeddings
+from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
 
 
 @flow(name="cluster", **FLOW_OPTIONS)

@@ -3,12 +3,12 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from flows.runner import run_shards, run_tasks
+from selectflow.flows.runner import run_shards, run_tasks
 from selectflow.config import InfluenceConfig, QuadConfig, SelectionConfig
 from selectflow.store import ArtifactRef
-from tasks.influence import influence_reference
-from tasks.select import quad_selection, random_selection, topk_selection, zip_selection
-from tasks.common import FLOW_OPTIONS
+from selectflow.tasks.influence import influence_reference
+from selectflow.tasks.select import quad_selection, random_selection, topk_selection, zip_selection
+from selectflow.tasks.common import FLOW_OPTIONS
 
 
 @dataclass

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from flows.runner import run_shards, run_tasks
+from selectflow.flows.runner import run_shards, run_tasks
 from selectflow.config import ProbeConfig, RiskConfig
 from selectflow.lineage import SUBSET_OF_STAGE
 from selectflow.probe.compare import BASELINE, ProbeComparison, compare_probes
@@ -10,8 +10,8 @@ from selectflow.probe.data import budget_blocks, common_budget
 from selectflow.risk import RiskPoint, SubsetAssessment, SubsetEvidence, check_subset, r_tolerance
 from selectflow.stages.probe import subset_profile
 from selectflow.store import ArtifactRef
-from tasks.common import FLOW_OPTIONS, shard_task_options
-from tasks.probe import full_pool_sample, probe_training
+from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
+from selectflow.tasks.probe import full_pool_sample, probe_training
 
 
 @dataclass

@@ -6,7 +6,7 @@ from prefect import task
 from selectflow.config import InfluenceConfig
 from selectflow.stages.influence import influence_reference_stage
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import STORE_CACHED, all_cores
+from selectflow.tasks.common import STORE_CACHED, all_cores
 
 
 @task(name="influence-reference", **STORE_CACHED)

@@ -5,7 +5,7 @@ from prefect import task
 from selectflow.config import ExactDedupConfig, NearDedupConfig
 from selectflow.stages import dedup
 from selectflow.store import ArtifactRef, ArtifactStore, Shard
-from tasks.common import STORE_CACHED, dask_client
+from selectflow.tasks.common import STORE_CACHED, dask_client
 
 
 @task(name="exact-duplicates", **STORE_CACHED)

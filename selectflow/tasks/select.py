@@ -8,7 +8,7 @@ from selectflow.config import InfluenceConfig, QuadConfig, ZipConfig
 from selectflow.stages.select_quad import select_quad_stage, select_random_stage, select_topk_stage
 from selectflow.stages.select_zip import zip_stage
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import STORE_CACHED
+from selectflow.tasks.common import STORE_CACHED
 
 
 @task(name="zip-selection", **STORE_CACHED)

@@ -6,7 +6,7 @@ from prefect import task
 from selectflow.config import ProbeConfig
 from selectflow.stages.probe import full_pool_stage, probe_stage
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import STORE_CACHED
+from selectflow.tasks.common import STORE_CACHED
 
 
 def _docs(refs: list[ArtifactRef]) -> pa.Table | None:

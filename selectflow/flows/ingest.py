@@ -1,11 +1,11 @@
 from prefect import flow
 
-from flows.runner import run_shards
+from selectflow.flows.runner import run_shards
 from selectflow.config import IngestConfig
 from selectflow.ingest import InputFile
 from selectflow.store import ArtifactRef
-from tasks.common import FLOW_OPTIONS, shard_task_options
-from tasks.ingest import ingested_shards
+from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
+from selectflow.tasks.ingest import ingested_shards
 
 
 @flow(name="ingest", **FLOW_OPTIONS)

@@ -5,7 +5,7 @@ from prefect import task
 from selectflow.config import ClusterConfig, EmbeddingConfig
 from selectflow.stages import cluster
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import STORE_CACHED
+from selectflow.tasks.common import STORE_CACHED
 
 
 @task(name="embedding-basis", **STORE_CACHED)

@@ -6,7 +6,7 @@ from selectflow.config import IngestConfig
 from selectflow.ingest import InputFile
 from selectflow.stages.ingest import ingest_file
 from selectflow.store import ArtifactRef, ArtifactStore
-from tasks.common import STORE_CACHED
+from selectflow.tasks.common import STORE_CACHED
 
 
 @task(name="ingest-file", **STORE_CACHED, task_run_name="ingest {file.uri}")

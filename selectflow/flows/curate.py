@@ -10,12 +10,12 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 
-from flows.cluster import cluster_pool
-from flows.dedup import deduplicate
-from flows.evaluate import ProbeRuns, assess_risk, compare_subsets, probe_subsets
-from flows.ingest import ingest_corpus
-from flows.runner import dask_runner
-from flows.select import select_subset
+from selectflow.flows.cluster import cluster_pool
+from selectflow.flows.dedup import deduplicate
+from selectflow.flows.evaluate import ProbeRuns, assess_risk, compare_subsets, probe_subsets
+from selectflow.flows.ingest import ingest_corpus
+from selectflow.flows.runner import dask_runner
+from selectflow.flows.select import select_subset
 from selectflow import summary
 from selectflow.config import CurateConfig, IngestConfig, ProbeConfig
 from selectflow.ingest import plan_inputs
@@ -36,7 +36,7 @@ from selectflow.stopping import arm_deadline, is_interruption, note_signals
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
 from selectflow.tracking import Tracker
 from selectflow.workspace import workspace_lock
-from tasks.common import FLOW_OPTIONS
+from selectflow.tasks.common import FLOW_OPTIONS
 
 
 @flow(name="curate", log_prints=True, **FLOW_OPTIONS)
