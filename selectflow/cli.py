@@ -139,11 +139,13 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from selectflow.summary import row_cells
+
     table = Table(title=f"selectflow run {summary['run_id']}")
     for column in ("stage", "docs in", "docs out", "dropped", "work s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in summary["stages"]:
-        table.add_row(row["stage"], *(str(row[k]) for k in ("docs_in", "docs_out", "dropped", "work_s")))
+        table.add_row(*row_cells(row))
     console = Console(soft_wrap=True)  # paths stay whole, on any terminal width
     console.print(table)
     quarantine = summary["quarantine"]

@@ -5,6 +5,8 @@ statements are read from the source (those inside functions too, which a look at
 miss), and the packages on the way (`selectflow/__init__.py`, `selectflow/dedup/__init__.py`, ...) count because
 they run on import. Editing any module of that closure rebuilds the stage's artifacts; editing one outside it
 leaves them cached. Imports by computed name (`importlib.import_module(name)`) are not seen: import by name.
+The stage registry's own source is left out (`DECLARATIONS`; what it imports counts): it declares stages' names,
+kinds and table rows, and a name is part of every artifact key already, so declaring another stage rebuilds nothing.
 
 Models and tokenizers are keyed the same way, by content (`files_fingerprint`): the same weights under another
 path reuse the artifacts, new weights under the same path rebuild them.
@@ -21,6 +23,7 @@ from selectflow.store import file_sha256, source_version
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_ROOT.name
+DECLARATIONS = frozenset({f"{PACKAGE}.stages.registry"})  # modules that change no artifact (see above)
 
 
 def module_file(name: str, root: Path = PACKAGE_ROOT) -> Path | None:
@@ -58,14 +61,17 @@ def import_closure(module: str, root: Path = PACKAGE_ROOT) -> dict[str, Path]:
     """Module name -> source file for `module` and every module of its package it imports, transitively, with
     the packages that contain them."""
     closure: dict[str, Path] = {}
+    seen: set[str] = set()
     pending = [module]
     while pending:
         parts = pending.pop().split(".")
         for depth in range(1, len(parts) + 1):
             name = ".".join(parts[:depth])
-            if name in closure or (path := module_file(name, root)) is None:
+            if name in seen or (path := module_file(name, root)) is None:
                 continue
-            closure[name] = path
+            seen.add(name)
+            if name not in DECLARATIONS:  # not hashed, but what it imports is
+                closure[name] = path
             pending.extend(imported_names(path, name))
     return closure
 

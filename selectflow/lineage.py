@@ -9,16 +9,10 @@ import pyarrow.dataset as ds
 
 from selectflow.ingest import canonical_uri
 from selectflow.runs import RunRecord, choose_run
+from selectflow.stages.base import Kind, stages
 from selectflow.store import ArtifactStore
 from selectflow.text import doc_id as make_doc_id
 
-# Stages that filter the pool (a drop there is final), in DAG order.
-FILTER_STAGES = ("dedup_exact", "dedup_near", "cluster")
-# Selectors run side by side on the filtered pool: the first two give the run's subsets, the rest are baselines.
-SELECTION_STAGES = ("select_zip", "select_quad", "select_random", "select_topk")
-PRIMARY_SELECTIONS = ("select_zip", "select_quad")
-# The short name of each selection stage's subset (probes, risk and the report use it).
-SUBSET_OF_STAGE = {"select_zip": "zip", "select_quad": "quad", "select_random": "random", "select_topk": "topk"}
 _FILE_LINE = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
 
 
@@ -72,18 +66,18 @@ def doc_lineage(store: ArtifactStore, doc: str, run_id: str | None = None) -> di
     row["text"] = row["text"][:200]
     result["origin"] = row
     result["decisions"].append({"stage": "ingest", "decision": "kept", "reason": f"read from {row['source']} line {row['line']}"})
-    for stage in FILTER_STAGES:
-        found = _with_keeper_origins(_decisions(run, stage, doc), docs_files)
+    for stage in stages(Kind.FILTER):
+        found = _with_keeper_origins(_decisions(run, stage.name, doc), docs_files)
         result["decisions"].extend(found)
         if any(d["decision"] == "dropped" for d in found):
-            result["final"] = f"out: dropped at {stage}"
+            result["final"] = f"out: dropped at {stage.name}"
             return result
     verdicts = {}
-    for stage in SELECTION_STAGES:
-        found = _decisions(run, stage, doc)
+    for stage in stages(Kind.SELECTOR, Kind.BASELINE):
+        found = _decisions(run, stage.name, doc)
         result["decisions"].extend(found)
         if found:
-            verdicts[stage] = found[0]["decision"]
+            verdicts[stage.name] = found[0]["decision"]
     result["final"] = _selection_verdict(verdicts, run.live_status(store))
     return result
 
@@ -104,7 +98,7 @@ def _decisions(run: RunRecord, stage: str, doc: str) -> list[dict]:
 
 def _selection_verdict(verdicts: dict[str, str], status: str) -> str:
     """Kept by every filter; now: which of the run's subsets took it (baselines are named but do not decide)."""
-    primaries = [stage for stage in PRIMARY_SELECTIONS if stage in verdicts]
+    primaries = [stage.name for stage in stages(Kind.SELECTOR) if stage.name in verdicts]
     if not primaries:
         return "in: kept by every stage" if status == "completed" else f"undecided: run is {status}"
     chosen = [stage for stage in primaries if verdicts[stage] == "selected"]

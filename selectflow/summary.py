@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 from selectflow.ingest import reason_kind
-from selectflow.lineage import FILTER_STAGES, PRIMARY_SELECTIONS, SELECTION_STAGES
 from selectflow.runs import RunRecord
+from selectflow.stages.base import DECIDING, Kind, Stage, stages
 from selectflow.store import ArtifactRef, ArtifactStore
 
 FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS)
@@ -42,21 +42,26 @@ def _work_seconds(refs: list[ArtifactRef]) -> float:
     return round(sum(ref.manifest().get("seconds", 0.0) for ref in refs), 2)
 
 
+def stage_row(run: RunRecord, stage: Stage) -> dict | None:
+    """A stage's row of the run's stage table (None when the run has no artifact of it): documents in, out and
+    dropped for the stages that decide about documents (summed over their artifacts), and the seconds of work."""
+    refs = stage.refs(run)
+    if not refs:
+        return None
+    counts = {key: None for key in ("docs_in", "docs_out", "dropped")}
+    if stage.kind in DECIDING:
+        stats = [ref.manifest()["stats"] for ref in refs]
+        counts = {key: sum(s[key] for s in stats) for key in counts}
+    seconds = _work_seconds(refs + [ref for name in stage.work_of for ref in run.refs(name)])
+    return {"stage": stage.name, **counts, "work_s": seconds}
+
+
 def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) -> dict:
     """`outputs`: the published folders by stage (see `publish`); the first selector's is the run's result."""
     ingested = run.refs("ingest")
     ingest = ingest_metrics(ingested)
-    result = next((stage for stage in PRIMARY_SELECTIONS if stage in outputs), "deduped")
-    rows = [{"stage": "ingest", "docs_in": ingest["docs_out"] + ingest["quarantined"], "docs_out": ingest["docs_out"],
-             "dropped": ingest["quarantined"], "work_s": _work_seconds(ingested)}]
-    for stage in (*FILTER_STAGES, *SELECTION_STAGES):
-        refs = run.refs(stage)
-        if not refs:
-            continue
-        stats = refs[0].manifest()["stats"]
-        seconds = _work_seconds(refs + (run.refs("minhash") if stage == "dedup_near" else []))
-        rows.append({"stage": stage, "docs_in": stats["docs_in"], "docs_out": stats["docs_out"],
-                     "dropped": stats["dropped"], "work_s": seconds})
+    result = next((stage.name for stage in stages(Kind.SELECTOR) if stage.name in outputs), "deduped")
+    rows = [row for stage in stages() if stage.row and (row := stage_row(run, stage))]
     return {
         "run_id": run.run_id,
         "stages": rows,
@@ -114,15 +119,20 @@ def probe_summary(comparison) -> dict:
 def summary_metrics(summary: dict) -> dict[str, float]:
     metrics = {"docs_out": summary["docs_out"], "quarantined": summary["quarantine"]["count"]}
     for row in summary["stages"]:
-        metrics[f"{row['stage']}.docs_in"] = row["docs_in"]
-        metrics[f"{row['stage']}.docs_out"] = row["docs_out"]
+        if row["docs_in"] is not None:
+            metrics[f"{row['stage']}.docs_in"] = row["docs_in"]
+            metrics[f"{row['stage']}.docs_out"] = row["docs_out"]
     return metrics
+
+
+def row_cells(row: dict) -> list[str]:
+    """A stage row as table cells: stage, docs in, docs out, dropped, work s ('-' where a stage counts none)."""
+    return ["-" if row[key] is None else str(row[key]) for key in ("stage", "docs_in", "docs_out", "dropped", "work_s")]
 
 
 def markdown(summary: dict) -> str:
     lines = ["| stage | docs in | docs out | dropped | work s |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['stage']} | {r['docs_in']} | {r['docs_out']} | {r['dropped']} | {r['work_s']} |"
-              for r in summary["stages"]]
+    lines += ["| " + " | ".join(row_cells(row)) + " |" for row in summary["stages"]]
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["quarantine"]["reasons"].items()) or "none"
     risk = [f"**Entropy-law risk: {summary['risk']['verdict']}.** {summary['risk']['reason']}", ""] \
         if "risk" in summary else []

@@ -223,6 +223,11 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     stages = {row["stage"]: row for row in summary["stages"]}
     assert stages["select_zip"]["docs_out"] == stages["select_quad"]["docs_out"] == 60
     assert stages["select_random"]["docs_out"] == stages["select_topk"]["docs_out"] == 60
+    # the largest costs have their rows too, with work time and no document counts
+    for costly in ("influence_reference", "probe"):
+        assert stages[costly]["work_s"] > 0 and stages[costly]["docs_in"] is None
+    assert list(stages) == ["ingest", "dedup_exact", "dedup_near", "cluster", "influence_reference", "select_zip",
+                            "select_quad", "select_random", "select_topk", "probe"]
     assert set(summary["subsets"]) == {"select_zip", "select_quad", "select_random", "select_topk"}
     # the random subset is there to compare with; no history yet, so no "law contradicted"
     assert summary["risk"]["verdict"] in {"ok", "at risk", "inconclusive"}

@@ -1,7 +1,7 @@
 from prefect import flow
 
-from selectflow.flows.runner import run_shards
 from selectflow.config import ClusterConfig
+from selectflow.flows.runner import run_shards
 from selectflow.store import ArtifactRef
 from selectflow.tasks.cluster import cluster_assignments, embedding_basis, shard_embeddings
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options

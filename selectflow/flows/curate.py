@@ -10,14 +10,14 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 
+from selectflow import summary
+from selectflow.config import CurateConfig, IngestConfig, ProbeConfig
 from selectflow.flows.cluster import cluster_pool
 from selectflow.flows.dedup import deduplicate
 from selectflow.flows.evaluate import ProbeRuns, assess_risk, compare_subsets, probe_subsets
 from selectflow.flows.ingest import ingest_corpus
 from selectflow.flows.runner import dask_runner
 from selectflow.flows.select import select_subset
-from selectflow import summary
-from selectflow.config import CurateConfig, IngestConfig, ProbeConfig
 from selectflow.ingest import plan_inputs
 from selectflow.preflight import check_docs_budgets
 from selectflow.probe.compare import ProbeComparison
@@ -32,11 +32,23 @@ from selectflow.risk import (
 )
 from selectflow.runs import RunRecord, heartbeat, record_interrupted
 from selectflow.select.quad import round_metrics
+from selectflow.stages.registry import (
+    CLUSTER,
+    DEDUPED,
+    EMBED,
+    EXACT_DEDUP,
+    INFLUENCE,
+    INGEST,
+    MINHASH,
+    NEAR_DEDUP,
+    PROBE,
+    QUAD,
+)
 from selectflow.stopping import arm_deadline, is_interruption, note_signals
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
+from selectflow.tasks.common import FLOW_OPTIONS
 from selectflow.tracking import Tracker
 from selectflow.workspace import workspace_lock
-from selectflow.tasks.common import FLOW_OPTIONS
 
 
 @flow(name="curate", log_prints=True, **FLOW_OPTIONS)
@@ -77,14 +89,14 @@ def _curate(config: CurateConfig) -> dict:
                 tracker.stage(stage, [*refs, *logged], params, _numbers(metrics or refs[0].manifest()["stats"]))
 
         ingested = ingest_corpus.with_options(task_runner=task_runner)(workspace, files, config.ingest, **retrying)
-        record("ingest", ingested, config.ingest.model_dump(mode="json"), summary.ingest_metrics(ingested))
+        record(INGEST.name, ingested, config.ingest.model_dump(mode="json"), summary.ingest_metrics(ingested))
 
         shards = [shard for ref in ingested for shard in ref.shards("docs")]
         dedup = deduplicate.with_options(task_runner=task_runner)(workspace, shards, config.dedup, **retrying)
-        record("dedup_exact", [dedup.exact], config.dedup.exact.model_dump())
-        record("minhash", dedup.signatures)
-        record("dedup_near", [dedup.near], config.dedup.near.model_dump(), logged=dedup.signatures)
-        record("deduped", dedup.deduped)
+        record(EXACT_DEDUP.name, [dedup.exact], config.dedup.exact.model_dump())
+        record(MINHASH.name, dedup.signatures)
+        record(NEAR_DEDUP.name, [dedup.near], config.dedup.near.model_dump(), logged=dedup.signatures)
+        record(DEDUPED.name, dedup.deduped)
         subsets: dict[str, ArtifactRef] = {}
         risk, comparison = None, None
 
@@ -97,15 +109,15 @@ def _curate(config: CurateConfig) -> dict:
                 record(f"{name}_set", refs)
             embeddings, clusters = cluster_pool.with_options(task_runner=task_runner)(
                 workspace, dedup.deduped, config.cluster, **retrying)
-            record("embed", embeddings)
-            record("cluster", [clusters], config.cluster.model_dump(), logged=embeddings)
+            record(EMBED.name, embeddings)
+            record(CLUSTER.name, [clusters], config.cluster.model_dump(), logged=embeddings)
 
             selection = select_subset.with_options(task_runner=task_runner)(
                 workspace, dedup.deduped, config.selection, clusters, sets.get("reference"),
                 config.influence if config.needs_influence else None)
             subsets = selection.subsets
             if selection.influence is not None:
-                record("influence_reference", [selection.influence], config.influence.model_dump())
+                record(INFLUENCE.name, [selection.influence], config.influence.model_dump())
             for stage, ref in subsets.items():
                 record(stage, [ref])
                 track_selection(tracker, stage, ref, config.selection.model_dump())
@@ -115,7 +127,7 @@ def _curate(config: CurateConfig) -> dict:
                     workspace, dedup.deduped, subsets, sets["reference"], sets.get("unseen", []), config.probe,
                     uniform_samples=config.risk.uniform_samples if config.risk.enabled else 0, **retrying)
                 for name, by_seed in probes.runs.items():
-                    record(f"probe_{name}", list(by_seed.values()))
+                    record(f"{PROBE.name}_{name}", list(by_seed.values()))
                     for seed, ref in by_seed.items():
                         track_probe(tracker, f"{name}_seed{seed}", ref, config.probe)
                 comparison = compare_subsets(probes, config.probe)
@@ -124,12 +136,12 @@ def _curate(config: CurateConfig) -> dict:
                     risk = judge_risk(config, tracker, probes, exclude_run_id=run.mlflow_run_id,
                                       deployment=tags["selectflow.deployment"])
 
-        published = {stage: summary.publish(run, stage, store) for stage in ("deduped", *subsets)}
+        published = {stage: summary.publish(run, stage, store) for stage in (DEDUPED.name, *subsets)}
         run.summary = summary.run_summary(run, store, published)
         if comparison is not None:
             run.summary["probes"] = summary.probe_summary(comparison)
         report = write_report(assemble_report(run, risk, comparison),
-                              Path(run.summary["deduped"]).parent / "report.html")
+                              Path(run.summary[DEDUPED.name]).parent / "report.html")
         run.summary["report"] = str(report)
         if risk is not None:
             run.summary["risk"] = {"verdict": risk.overall, "reason": risk.reason}
@@ -222,7 +234,7 @@ def track_selection(tracker: Tracker, stage: str, selected: ArtifactRef, params:
     rounds = json.loads(rounds_file.read_text()) if rounds_file.is_file() else []
     ids = "\n".join(selected.read("docs", columns=["doc_id"])["doc_id"].to_pylist()) + "\n"
     texts = {"selected_ids.txt": ids} | ({"rounds.json": rounds_file.read_text()} if rounds else {})
-    per_round = round_metrics if stage == "select_quad" else _numbers  # QUAD's rounds hold per-arm lists
+    per_round = round_metrics if stage == QUAD.name else _numbers  # QUAD's rounds hold per-arm lists
     tracker.stage(stage, [selected], params, metrics, series=[per_round(r) for r in rounds], texts=texts)
 
 
@@ -230,7 +242,7 @@ def track_probe(tracker: Tracker, name: str, probe: ArtifactRef, cfg: ProbeConfi
     """A probe's nested MLflow run: its metrics, and its loss curve at the evaluated steps as series (the whole
     curve is in the artifact and the report)."""
     curve = [row for row in probe.read("curve").to_pylist() if row.get("reference_bpb") is not None]
-    tracker.stage(f"probe_{name}", [probe], cfg.model_dump(mode="json"), _numbers(probe.manifest()["stats"]),
+    tracker.stage(f"{PROBE.name}_{name}", [probe], cfg.model_dump(mode="json"), _numbers(probe.manifest()["stats"]),
                   series=[_numbers(row) for row in curve])
 
 

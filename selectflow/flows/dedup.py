@@ -2,8 +2,8 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from selectflow.flows.runner import run_shards
 from selectflow.config import DedupConfig
+from selectflow.flows.runner import run_shards
 from selectflow.store import ArtifactRef, Shard
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
 from selectflow.tasks.dedup import deduped_shard, exact_decisions, near_decisions, shard_signatures

@@ -2,12 +2,12 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from selectflow.flows.runner import run_shards, run_tasks
 from selectflow.config import ProbeConfig, RiskConfig
-from selectflow.lineage import SUBSET_OF_STAGE
+from selectflow.flows.runner import run_shards, run_tasks
 from selectflow.probe.compare import BASELINE, ProbeComparison, compare_probes
 from selectflow.probe.data import budget_blocks, common_budget
 from selectflow.risk import RiskPoint, SubsetAssessment, SubsetEvidence, check_subset, r_tolerance
+from selectflow.stages.base import Kind, stage_of_name, stages
 from selectflow.stages.probe import subset_profile
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
@@ -63,7 +63,7 @@ def probe_subsets(
     """One probe per subset and seed, all on the same tokens, side by side on the workers; and `uniform_samples`
     seeded uniform samples of the pool at that budget, profiled but not probed (the first ones are also the 'full'
     subsets of the first seeds)."""
-    subsets = {SUBSET_OF_STAGE[stage]: [ref] for stage, ref in selected.items()}
+    subsets = {stage_of_name(stage).subset: [ref] for stage, ref in selected.items()}
     names = cfg.subsets or list(subsets)
     if missing := [name for name in names if name not in subsets and name != "full"]:
         raise ValueError(f"probe.subsets names {missing}, which this run does not select (it has {list(subsets)}); "
@@ -106,4 +106,4 @@ def assess_risk(probes: ProbeRuns, history: list[RiskPoint], cfg: RiskConfig,
     tolerance = r_tolerance([profile[f"R_{cfg.ratio}"] for profile in probes.uniform], confidence)
     random = evidence(BASELINE) if BASELINE in probes.profiles else None
     return [check_subset(name, evidence(name), random, history, cfg, confidence, tolerance)
-            for name in ("zip", "quad") if name in probes.profiles]
+            for name in (stage.subset for stage in stages(Kind.SELECTOR)) if name in probes.profiles]

@@ -1,7 +1,7 @@
 from prefect import flow
 
-from selectflow.flows.runner import run_shards
 from selectflow.config import IngestConfig
+from selectflow.flows.runner import run_shards
 from selectflow.ingest import InputFile
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options

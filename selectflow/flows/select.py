@@ -3,12 +3,13 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from selectflow.flows.runner import run_shards, run_tasks
 from selectflow.config import InfluenceConfig, QuadConfig, SelectionConfig
+from selectflow.flows.runner import run_shards, run_tasks
+from selectflow.stages.registry import QUAD, RANDOM, TOPK, ZIP
 from selectflow.store import ArtifactRef
+from selectflow.tasks.common import FLOW_OPTIONS
 from selectflow.tasks.influence import influence_reference
 from selectflow.tasks.select import quad_selection, random_selection, topk_selection, zip_selection
-from selectflow.tasks.common import FLOW_OPTIONS
 
 
 @dataclass
@@ -37,15 +38,15 @@ def select_subset(
     if cfg.selector in ("zip", "both"):
         # Only when semantic dedup dropped documents: otherwise re-clustering would needlessly re-run ZIP.
         semdedup = clusters if clusters is not None and clusters.manifest()["stats"]["dropped"] else None
-        calls["select_zip"] = (zip_selection, common | {"cfg": cfg.zip, "semantic_dedup": semdedup})
+        calls[ZIP.name] = (zip_selection, common | {"cfg": cfg.zip, "semantic_dedup": semdedup})
     if cfg.selector in ("quad", "both"):
-        calls["select_quad"] = (quad_selection, common | {"clusters": clusters, "influence": influence,
+        calls[QUAD.name] = (quad_selection, common | {"clusters": clusters, "influence": influence,
                                                            "cfg": cfg.quad, "influence_cfg": influence_cfg})
     if calls and "random" in cfg.baselines:
-        calls["select_random"] = (random_selection, common | {"clusters": clusters, "budget": baseline_budget(cfg),
+        calls[RANDOM.name] = (random_selection, common | {"clusters": clusters, "budget": baseline_budget(cfg),
                                                               "seed": cfg.seed})
     if calls and "topk" in cfg.baselines:
-        calls["select_topk"] = (topk_selection, common | {
+        calls[TOPK.name] = (topk_selection, common | {
             "clusters": clusters, "influence": influence, "budget": baseline_budget(cfg),
             "influence_cfg": influence_cfg, "candidates": cfg.topk_candidates, "seed": cfg.seed})
     return Selection(dict(zip(calls, run_tasks(list(calls.values()), "selection"))), influence)

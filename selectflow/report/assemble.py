@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 from selectflow.config import RiskConfig
-from selectflow.lineage import SUBSET_OF_STAGE
 from selectflow.probe.compare import BASELINE, Interval, ProbeComparison, compare_probes, t_interval
 from selectflow.report.data import (
     Bandit,
@@ -37,6 +36,8 @@ from selectflow.report.data import (
 )
 from selectflow.risk import RiskPoint, SubsetAssessment, combine, fit_history
 from selectflow.runs import RunRecord
+from selectflow.stages.base import Kind, stages
+from selectflow.stages.registry import PROBE
 from selectflow.store import ArtifactRef, package_code_version
 
 HELDOUT_SETS = ("reference", "unseen")
@@ -44,7 +45,7 @@ MAX_TRAIN_POINTS = 200  # training bpb is averaged over bins of consecutive step
 
 
 class ProbeRunsLike(Protocol):
-    """What the risk section needs of `flows.evaluate.ProbeRuns`: whole-subset profiles and per-seed stats."""
+    """What the risk section needs of `selectflow.flows.evaluate.ProbeRuns`: whole-subset profiles and per-seed stats."""
 
     profiles: dict[str, dict]
 
@@ -54,7 +55,8 @@ class ProbeRunsLike(Protocol):
 def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeComparison | None = None) -> RunReport:
     """The report of a finished run (its summary must be computed); `comparison`: the probes compared over seeds
     (computed here from the probe artifacts when not given)."""
-    subsets = {name: run.refs(stage)[0] for stage, name in SUBSET_OF_STAGE.items() if run.refs(stage)}
+    subsets = {stage.subset: stage.refs(run)[0] for stage in stages(Kind.SELECTOR, Kind.BASELINE)
+               if stage.refs(run)}
     selection = run.config.get("selection", {})
     return RunReport(
         run_id=run.run_id,
@@ -62,15 +64,15 @@ def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeC
         run_name=run.config.get("run_name"),
         code_version=package_code_version(),
         config=_config_summary(run.config),
-        subsets=[*subsets, *(["full"] if run.refs("probe_full") else [])],
+        subsets=[*subsets, *(["full"] if run.refs(f"{PROBE.name}_full") else [])],
         funnel=[FunnelStep(**{k: row[k] for k in ("stage", "docs_in", "docs_out", "dropped", "work_s")})
-                for row in run.summary.get("stages", [])],
+                for row in run.summary.get("stages", []) if row["docs_in"] is not None],
         clusters=_clusters(run, subsets),
         domains=_domains(run, subsets),
         bandit=_bandit(subsets.get("quad"), selection.get("quad", {}).get("bandit", "ucb")),
         zip=Zip(rounds=_rounds(subsets["zip"])) if "zip" in subsets and _rounds(subsets["zip"]) else None,
-        probes=probe_section({stage.removeprefix("probe_"): run.refs(stage) for stage in run.stages
-                              if stage.startswith("probe_") and run.refs(stage)}, comparison),
+        probes=probe_section({stage.removeprefix(f"{PROBE.name}_"): run.refs(stage) for stage in run.stages
+                              if stage.startswith(f"{PROBE.name}_") and run.refs(stage)}, comparison),
         risk=risk,
     )
 

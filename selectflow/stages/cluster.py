@@ -26,12 +26,12 @@ from selectflow.cluster.kmeans import centroid_distances, neighbour_pairs, spher
 from selectflow.cluster.semdedup import semantic_dedup
 from selectflow.config import ClusterConfig, EmbeddingConfig
 from selectflow.fingerprint import code_fingerprint
-from selectflow.schema import decisions_table
+from selectflow.stages.base import Decisions, write_decisions
+from selectflow.stages.registry import CLUSTER, EMBED, EMBEDDING_BASIS
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
-BASIS, EMBED, CLUSTER = "embedding_basis", "embed", "cluster"
 BASIS_FILE, CENTROID_DISTANCES_FILE = "tfidf_basis.npz", "centroid_distances.npy"
 
 
@@ -71,7 +71,7 @@ def embedding_basis_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: Em
         writer.stats(sample_docs=take, pool_docs=total, dim=cfg.dim, kept_features=len(basis.columns),
                      seconds=round(time.perf_counter() - started, 3))
 
-    return store.build(BASIS, _embedding_key(cfg), [ref.key for ref in pool], _CODE, write)
+    return store.build(EMBEDDING_BASIS.name, _embedding_key(cfg), [ref.key for ref in pool], _CODE, write)
 
 
 def load_basis(basis: ArtifactRef) -> TfidfBasis:
@@ -102,7 +102,7 @@ def embed_stage(
         writer.stats(docs=len(texts), dim=int(vectors.shape[1]), seconds=round(seconds, 3),
                      docs_per_s=round(len(texts) / seconds, 1) if seconds > 0 else None, device=device)
 
-    return store.build(EMBED, _embedding_key(cfg), inputs, _CODE, write)
+    return store.build(EMBED.name, _embedding_key(cfg), inputs, _CODE, write)
 
 
 def embeddings_table(doc_ids: pa.ChunkedArray | list[str], vectors: np.ndarray) -> pa.Table:
@@ -149,36 +149,30 @@ def cluster_stage(store: ArtifactStore, embeddings: list[ArtifactRef], cfg: Clus
         writer.write("neighbours", pa.table({"cluster": pa.array(rows, pa.int32()),
                                              "neighbour": pa.array(cols, pa.int32()),
                                              "distance": pa.array(pair_distances, pa.float32())}))
-        writer.write("decisions", _decisions(doc_ids, result, dedup, k, cfg))
-        writer.stats(docs_in=len(doc_ids), docs_out=int(kept.sum()), dropped=int((~kept).sum()), k=k,
+        write_decisions(writer, _decisions(doc_ids, result, dedup, k, cfg), k=k,
                      k_requested=cfg.k, inertia=result.inertia, mean_distance=float(result.distances.mean()),
                      cluster_size_min=int(sizes.min()), cluster_size_median=float(np.median(sizes)),
                      cluster_size_max=int(sizes.max()), neighbour_pairs=len(rows),
                      seconds=round(time.perf_counter() - started, 3))
 
     config = cfg.model_dump(exclude={"embedding"})  # the embedding config is already in the input keys
-    return store.build(CLUSTER, config, [ref.key for ref in embeddings], _CODE, write)
+    return store.build(CLUSTER.name, config, [ref.key for ref in embeddings], _CODE, write)
 
 
-def _decisions(doc_ids: list[str], result, dedup, k: int, cfg: ClusterConfig) -> pa.Table:
-    decision, reason, ref, score, group = [], [], [], [], []
+def _decisions(doc_ids: list[str], result, dedup, k: int, cfg: ClusterConfig) -> Decisions:
+    decisions = Decisions(CLUSTER.name)
     for index, doc in enumerate(doc_ids):
         cluster, distance = int(result.labels[index]), float(result.distances[index])
-        group.append(f"cluster {cluster}")
         keeper = -1 if dedup is None else int(dedup.keeper[index])
         if keeper < 0:
-            decision.append("kept")
-            reason.append(f"cluster {cluster} of {k} (cosine distance {distance:.2f} to its centroid)")
-            ref.append(None)
-            score.append(distance)
+            decisions.add(doc, "kept", f"cluster {cluster} of {k} (cosine distance {distance:.2f} to its centroid)",
+                          score=distance, group=f"cluster {cluster}")
         else:
             cosine = float(dedup.cosine[index])
-            decision.append("dropped")
-            reason.append(f"semantic duplicate in cluster {cluster} of {k}: cosine {cosine:.3f} > "
-                          f"{cfg.semdedup.threshold} to {doc_ids[keeper]}, kept as nearer its centroid")
-            ref.append(doc_ids[keeper])
-            score.append(cosine)
-    return decisions_table(doc_ids, CLUSTER, decision, reason, ref, score, group)
+            decisions.add(doc, "dropped", f"semantic duplicate in cluster {cluster} of {k}: cosine {cosine:.3f} > "
+                          f"{cfg.semdedup.threshold} to {doc_ids[keeper]}, kept as nearer its centroid",
+                          ref=doc_ids[keeper], score=cosine, group=f"cluster {cluster}")
+    return decisions
 
 
 def kept_doc_ids(cluster_ref: ArtifactRef) -> set[str]:

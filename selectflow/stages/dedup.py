@@ -12,12 +12,12 @@ from selectflow.dedup.exact import exact_duplicates, exact_duplicates_dask
 from selectflow.dedup.minhash import MinHasher
 from selectflow.dedup.near import near_duplicates
 from selectflow.fingerprint import code_fingerprint
-from selectflow.schema import decisions_table
+from selectflow.stages.base import Decisions, write_decisions
+from selectflow.stages.registry import DEDUPED, EXACT_DEDUP, MINHASH, NEAR_DEDUP
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, Shard
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
-EXACT, SIGNATURES, NEAR, DEDUPED = "dedup_exact", "minhash", "dedup_near", "deduped"
 KEY_COLUMNS = ["doc_id", "content_hash", "source", "line"]
 
 
@@ -38,24 +38,19 @@ def exact_dedup(store: ArtifactStore, shards: list[Shard], cfg: ExactDedupConfig
             dups = exact_duplicates(keys)
         copies = dict(zip(*np.unique(keys["content_hash"].to_numpy(zero_copy_only=False), return_counts=True)))
         dup_of = dict(zip(dups["doc_id"].to_pylist(), dups["dup_of"].to_pylist()))
-        ids, hashes = keys["doc_id"].to_pylist(), keys["content_hash"].to_pylist()
-        decision, reason, ref = [], [], []
-        for doc, digest in zip(ids, hashes):
-            keeper = dup_of.get(doc)
-            n = copies[digest]
-            decision.append("dropped" if keeper else "kept")
-            ref.append(keeper)
+        decisions = Decisions(EXACT_DEDUP.name)
+        for doc, digest in zip(keys["doc_id"].to_pylist(), keys["content_hash"].to_pylist()):
+            keeper, n = dup_of.get(doc), copies[digest]
             if keeper:
-                reason.append(f"exact duplicate of {keeper} (same normalized text, {n} copies)")
-            elif not cfg.enabled:
-                reason.append("exact dedup disabled")
+                decisions.add(doc, "dropped", f"exact duplicate of {keeper} (same normalized text, {n} copies)",
+                              ref=keeper, group=digest)
             else:
-                reason.append(f"first of {n} identical copies" if n > 1 else "unique normalized text")
-        writer.write("decisions", decisions_table(ids, EXACT, decision, reason, ref, group=hashes))
-        writer.stats(docs_in=len(ids), docs_out=len(ids) - len(dup_of), dropped=len(dup_of),
-                     duplicate_rate=len(dup_of) / max(len(ids), 1))
+                reason = ("exact dedup disabled" if not cfg.enabled
+                          else f"first of {n} identical copies" if n > 1 else "unique normalized text")
+                decisions.add(doc, "kept", reason, group=digest)
+        write_decisions(writer, decisions, duplicate_rate=len(dup_of) / max(len(decisions), 1))
 
-    return store.build(EXACT, cfg.model_dump(), [shard.sha256 for shard in shards], _CODE, write)
+    return store.build(EXACT_DEDUP.name, cfg.model_dump(), [shard.sha256 for shard in shards], _CODE, write)
 
 
 def minhash_shard(store: ArtifactStore, shard: Shard, cfg: NearDedupConfig) -> ArtifactRef:
@@ -72,7 +67,7 @@ def minhash_shard(store: ArtifactStore, shard: Shard, cfg: NearDedupConfig) -> A
 
     # Signatures depend on the shingling and permutations only, so LSH/threshold changes reuse them.
     config = cfg.model_dump(exclude={"enabled", "threshold", "bands", "rows"})
-    return store.build(SIGNATURES, config, [shard.sha256], _CODE, write)
+    return store.build(MINHASH.name, config, [shard.sha256], _CODE, write)
 
 
 def near_dedup(
@@ -94,30 +89,22 @@ def near_dedup(
         members: dict[str, int] = {}
         for row in near.values():
             members[row["component"]] = members.get(row["component"], 1) + 1
-        decision, reason, ref, score, group = [], [], [], [], []
+        decisions = Decisions(NEAR_DEDUP.name)
         for doc in ids:
-            row = near.get(doc)
-            if row:
-                decision.append("dropped")
+            if row := near.get(doc):
                 via = "" if row["linked_by"] == row["dup_of"] else (
                     f"; linked via {row['linked_by']} at {row['edge_similarity']:.2f}")
-                reason.append(f"near-duplicate of {row['dup_of']} (estimated Jaccard {row['similarity']:.2f}{via}; "
-                              f"component of {members[row['component']]})")
-                ref.append(row["dup_of"]), score.append(row["similarity"]), group.append(row["component"])
+                decisions.add(doc, "dropped", f"near-duplicate of {row['dup_of']} (estimated Jaccard "
+                              f"{row['similarity']:.2f}{via}; component of {members[row['component']]})",
+                              ref=row["dup_of"], score=row["similarity"], group=row["component"])
+            elif size := members.get(doc):
+                decisions.add(doc, "kept", f"kept as first of a near-duplicate component of {size}", group=doc)
             else:
-                decision.append("kept")
-                size = members.get(doc)
-                reason.append(
-                    f"kept as first of a near-duplicate component of {size}" if size
-                    else ("near dedup disabled" if not cfg.enabled
-                          else f"no near duplicate at estimated Jaccard >= {cfg.threshold}")
-                )
-                ref.append(None), score.append(None), group.append(doc if size else None)
-        writer.write("decisions", decisions_table(ids, NEAR, decision, reason, ref, score, group))
-        writer.stats(docs_in=len(ids), docs_out=len(ids) - len(near), dropped=len(near),
-                     duplicate_rate=len(near) / max(len(ids), 1), components=len(members))
+                decisions.add(doc, "kept", "near dedup disabled" if not cfg.enabled
+                              else f"no near duplicate at estimated Jaccard >= {cfg.threshold}")
+        write_decisions(writer, decisions, duplicate_rate=len(near) / max(len(ids), 1), components=len(members))
 
-    return store.build(NEAR, cfg.model_dump(), [exact.key] + [ref.key for ref in signatures], _CODE, write)
+    return store.build(NEAR_DEDUP.name, cfg.model_dump(), [exact.key] + [ref.key for ref in signatures], _CODE, write)
 
 
 def filter_shard(store: ArtifactStore, shard: Shard, decisions: list[ArtifactRef]) -> ArtifactRef:
@@ -128,6 +115,6 @@ def filter_shard(store: ArtifactStore, shard: Shard, decisions: list[ArtifactRef
         drop = pa.concat_arrays([dropped_ids(ref).combine_chunks() for ref in decisions])
         kept = docs.filter(pc.invert(pc.is_in(docs["doc_id"], value_set=drop)))
         writer.write("docs", kept)
-        writer.stats(docs_in=docs.num_rows, docs_out=kept.num_rows)
+        writer.stats(docs_in=docs.num_rows, docs_out=kept.num_rows, dropped=docs.num_rows - kept.num_rows)
 
-    return store.build(DEDUPED, {}, [shard.sha256] + [ref.key for ref in decisions], _CODE, write)
+    return store.build(DEDUPED.name, {}, [shard.sha256] + [ref.key for ref in decisions], _CODE, write)

@@ -15,11 +15,11 @@ from selectflow.config import InfluenceConfig
 from selectflow.fingerprint import code_fingerprint
 from selectflow.influence.model import model_fingerprint, resolve_device, resolve_dtype
 from selectflow.influence.scorer import InfluenceScorer
+from selectflow.stages.registry import INFLUENCE
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, stable_hash
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
-STAGE = "influence_reference"
 STATE_FILE = "influence_state.safetensors"
 
 
@@ -45,7 +45,7 @@ def influence_reference_stage(
         scorer.save(writer.file(STATE_FILE))
         writer.stats(**scorer.stats, state_file=STATE_FILE)
 
-    return store.build(STAGE, fit_key(cfg), inputs, _CODE, write)
+    return store.build(INFLUENCE.name, fit_key(cfg), inputs, _CODE, write)
 
 
 def fit_key(cfg: InfluenceConfig) -> dict:

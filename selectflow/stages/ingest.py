@@ -5,11 +5,10 @@ from __future__ import annotations
 from selectflow.config import IngestConfig
 from selectflow.fingerprint import code_fingerprint
 from selectflow.ingest import InputFile, read_input
+from selectflow.stages.registry import INGEST
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
-
-STAGE = "ingest"
 
 
 def ingest_key_config(file: InputFile, cfg: IngestConfig) -> dict:
@@ -37,6 +36,9 @@ def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> Art
                 writer.write("quarantine", quarantine_batch)
                 quarantined += quarantine_batch.num_rows
         writer.stats(
+            docs_in=docs + quarantined,
+            docs_out=docs,
+            dropped=quarantined,
             source=file.uri,
             docs=docs,
             quarantined=quarantined,
@@ -45,4 +47,4 @@ def ingest_file(store: ArtifactStore, file: InputFile, cfg: IngestConfig) -> Art
             skipped_links=len(file.skipped_links),
         )
 
-    return store.build(STAGE, ingest_key_config(file, cfg), [file.fingerprint], _CODE, write)
+    return store.build(INGEST.name, ingest_key_config(file, cfg), [file.fingerprint], _CODE, write)

@@ -25,13 +25,12 @@ from selectflow.fingerprint import code_fingerprint, files_fingerprint
 from selectflow.probe.data import pack_eval, pack_train, sample_to_tokens, stream_tokens
 from selectflow.probe.tokenizer import load_tokenizer
 from selectflow.probe.train import train_probe
-from selectflow.schema import decisions_table
+from selectflow.stages.base import Decisions, write_decisions
+from selectflow.stages.registry import FULL_POOL_SAMPLE, PROBE
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
-STAGE = "probe"
-FULL_STAGE = "probe_full_pool"
 # Fields that do not change what one probe computes (its seed and budget are passed on their own).
 _TRAINING_FIELDS = {"enabled", "subsets", "unseen", "speed_fraction", "seeds", "seed", "tokens", "confidence"}
 
@@ -95,19 +94,19 @@ def probe_stage(
         run = train_probe(train, heldout, tokenizer, cfg, seed)
         writer.write("curve", pa.Table.from_pylist(run.curve))
         used = set(train.doc_indices)
-        ids = docs["doc_id"].to_pylist()
-        writer.write("decisions", decisions_table(
-            ids, f"{STAGE}:{name}",
-            ["kept" if i in used else "dropped" for i in range(len(ids))],
-            [f"trained on by probe {name!r} seed {seed} (epoch 1 of {train.epochs:.2f})" if i in used
-             else f"beyond probe {name!r} seed {seed}'s budget of {train.tokens} tokens" for i in range(len(ids))],
-        ))
+        decisions = Decisions(f"{PROBE.name}:{name}")
+        for i, doc in enumerate(docs["doc_id"].to_pylist()):
+            if i in used:
+                decisions.add(doc, "kept", f"trained on by probe {name!r} seed {seed} (epoch 1 of {train.epochs:.2f})")
+            else:
+                decisions.add(doc, "dropped", f"beyond probe {name!r} seed {seed}'s budget of {train.tokens} tokens")
+        writer.write("decisions", decisions.table())
         writer.stats(name=name, subset_docs=len(texts), tokenizer=tokenizer.name, **run.metrics,
                      R_zlib=set_ratio(train.texts_used, "zlib"), R_zstd=set_ratio(train.texts_used, "zstd"),
                      text_bytes=sum(len(text.encode("utf-8")) for text in train.texts_used),
                      repeated=train.epochs > 1.0)
 
-    return store.build(STAGE, config, [ref.key for ref in subset], _CODE, write)
+    return store.build(PROBE.name, config, [ref.key for ref in subset], _CODE, write)
 
 
 def subset_profile(refs: list[ArtifactRef], cfg: ProbeConfig) -> dict:
@@ -128,13 +127,12 @@ def full_pool_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: ProbeCon
             raise ValueError("probe: the deduplicated pool is empty; nothing to sample the 'full' subset from")
         picked = sample_to_tokens(docs["text"].to_pylist(), _tokenizer(cfg), budget, seed)
         chosen = set(picked)
-        ids = docs["doc_id"].to_pylist()
-        writer.write("docs", docs.take(picked))
-        writer.write("decisions", decisions_table(
-            ids, FULL_STAGE, ["selected" if i in chosen else "rejected" for i in range(len(ids))],
-            [f"in the seeded uniform sample of the pool to {budget} tokens" if i in chosen
-             else "not needed to reach the probe budget" for i in range(len(ids))],
-        ))
-        writer.stats(docs_in=docs.num_rows, docs_out=len(picked), tokens=budget)
+        decisions = Decisions(FULL_POOL_SAMPLE.name)
+        for i, doc in enumerate(docs["doc_id"].to_pylist()):
+            if i in chosen:
+                decisions.add(doc, "selected", f"in the seeded uniform sample of the pool to {budget} tokens")
+            else:
+                decisions.add(doc, "rejected", "not needed to reach the probe budget")
+        write_decisions(writer, decisions, docs.take(picked), tokens=budget)
 
-    return store.build(FULL_STAGE, config, [ref.key for ref in pool], _CODE, write)
+    return store.build(FULL_POOL_SAMPLE.name, config, [ref.key for ref in pool], _CODE, write)

@@ -15,16 +15,16 @@ import pyarrow as pa
 
 from selectflow.config import InfluenceConfig, QuadConfig
 from selectflow.fingerprint import code_fingerprint
-from selectflow.schema import decisions_table
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
 from selectflow.select.zip import token_counter
+from selectflow.stages.base import Decisions, write_decisions
 from selectflow.stages.pool import Pool, read_pool
+from selectflow.stages.registry import QUAD, RANDOM, TOPK
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 
-QUAD, RANDOM, TOPK = "select_quad", "select_random", "select_topk"
 SCORE_BATCH = 256  # documents per scorer call for top-k (bounds memory; progress between calls)
 
 QUAD_DECISIONS = pa.schema(
@@ -60,23 +60,21 @@ def _budget_config(cfg: QuadConfig) -> dict:
     return cfg.model_dump(include={"budget", "budget_unit", "token_counter"})
 
 
-def _write_selection(writer: ArtifactWriter, pool: Pool, selected: np.ndarray, decisions: pa.Table,
+def _write_selection(writer: ArtifactWriter, pool: Pool, selected: np.ndarray, decisions: Decisions,
                      lengths: np.ndarray, started: float, **stats) -> None:
-    writer.write("decisions", decisions)
-    writer.write("docs", pool.docs.take(pa.array(selected, pa.int64())))
-    writer.stats(docs_in=pool.docs.num_rows, docs_out=len(selected), dropped=pool.docs.num_rows - len(selected),
-                 excluded_by_cluster_stage=pool.excluded, tokens=int(lengths[selected].sum()),
-                 seconds=round(time.perf_counter() - started, 3), **stats)
+    write_decisions(writer, decisions, pool.docs.take(pa.array(selected, pa.int64())),
+                    excluded_by_cluster_stage=pool.excluded, tokens=int(lengths[selected].sum()),
+                    seconds=round(time.perf_counter() - started, 3), **stats)
 
 
 # ----------------------------------------------------------------------------------------------- QUAD
 
 
-def _quad_reasons(result: QuadResult) -> list[str]:
+def _quad_decisions(doc_ids: list[str], result: QuadResult) -> Decisions:
     docs = result.docs
     per_cluster = {c["cluster"]: c for c in result.clusters}
-    reasons = []
-    for i in range(len(docs.cluster)):
+    decisions = Decisions(QUAD.name)
+    for i, doc in enumerate(doc_ids):
         c = int(docs.cluster[i])
         info = per_cluster[c]
         if docs.scored[i]:
@@ -84,19 +82,22 @@ def _quad_reasons(result: QuadResult) -> list[str]:
         else:
             scored = "; not scored"
         if docs.selected[i]:
-            reasons.append(f"selected: cluster {c} pulled in round {docs.admitted_round[i]} (reward "
-                           f"{docs.admit_reward[i]:+.3g}), admitted in its block {docs.admitted_block[i] + 1}"
-                           + scored)
+            reason = (f"selected: cluster {c} pulled in round {docs.admitted_round[i]} (reward "
+                      f"{docs.admit_reward[i]:+.3g}), admitted in its block {docs.admitted_block[i] + 1}"
+                      + scored)
         elif info["pulls"] == 0:
-            reasons.append(f"not selected: cluster {c} never pulled" + scored)
+            reason = f"not selected: cluster {c} never pulled" + scored
         elif info["rewarded"] == 0:
-            reasons.append(f"not selected: cluster {c} never rewarded (pulled {info['pulls']}×, mean reward "
-                           f"{info['mean_reward']:+.3g})" + scored)
+            reason = (f"not selected: cluster {c} never rewarded (pulled {info['pulls']}×, mean reward "
+                      f"{info['mean_reward']:+.3g})" + scored)
         else:
-            reasons.append(f"not selected: cluster {c} rewarded in {info['rewarded']} of {info['pulls']} pulls, but "
-                           f"its {info['blocks_admitted']} admitted block(s) ({info['admitted_docs']} of "
-                           f"{info['size']} docs) did not reach this document" + scored)
-    return reasons
+            reason = (f"not selected: cluster {c} rewarded in {info['rewarded']} of {info['pulls']} pulls, but "
+                      f"its {info['blocks_admitted']} admitted block(s) ({info['admitted_docs']} of "
+                      f"{info['size']} docs) did not reach this document" + scored)
+        influence = None if np.isnan(docs.influence[i]) else float(docs.influence[i])
+        decisions.add(doc, "selected" if docs.selected[i] else "rejected", reason, score=influence,
+                      group=f"cluster {c}")
+    return decisions
 
 
 def quad_decisions_table(doc_ids: list[str], result: QuadResult) -> pa.Table:
@@ -169,14 +170,9 @@ def select_quad_stage(
             )
         doc_ids = data.docs["doc_id"].to_pylist()
         writer.write("quad_decisions", quad_decisions_table(doc_ids, result))
-        influence = [None if np.isnan(x) else float(x) for x in result.docs.influence.tolist()]
         writer.write_json("rounds.json", result.rounds)
         writer.write_json("clusters.json", result.clusters)
-        decisions = decisions_table(
-            doc_ids, QUAD, ["selected" if s else "rejected" for s in result.docs.selected.tolist()],
-            _quad_reasons(result), score=influence, group=[f"cluster {c}" for c in result.docs.cluster.tolist()],
-        )
-        _write_selection(writer, data, result.selected, decisions, lengths, started, bandit=cfg.bandit,
+        _write_selection(writer, data, result.selected, _quad_decisions(doc_ids, result), lengths, started, bandit=cfg.bandit,
                          threshold=threshold, calibration_docs=calibration,
                          rounds=len(result.rounds), scored_docs=result.scored, stopped=result.stopped,
                          clusters=len(result.clusters), scoring_seconds=result.seconds["scoring"],
@@ -186,7 +182,7 @@ def select_quad_stage(
     # influence_ref's key holds every influence setting that changes a score; the run settings change none
     config = {"quad": cfg.model_dump(), "d_max": d_max}
     inputs = [ref.key for ref in pool] + [cluster_ref.key, influence_ref.key]
-    return store.build(QUAD, config, inputs, _CODE, write)
+    return store.build(QUAD.name, config, inputs, _CODE, write)
 
 
 # ----------------------------------------------------------------------------------------------- baselines
@@ -205,16 +201,18 @@ def select_random_stage(
                                  cfg.budget_unit, seed)
         rank = np.full(data.docs.num_rows, -1)
         rank[selected] = np.arange(len(selected))
-        reasons = [f"selected: drawn uniformly at random (seed {seed}), #{r + 1} of {len(selected)}" if r >= 0
-                   else f"not selected: not drawn in the uniform random sample (seed {seed})" for r in rank.tolist()]
-        decisions = decisions_table(
-            data.docs["doc_id"].to_pylist(), RANDOM, ["selected" if r >= 0 else "rejected" for r in rank.tolist()],
-            reasons, group=_groups(data),
-        )
+        decisions = Decisions(RANDOM.name)
+        for doc, r, group in zip(data.docs["doc_id"].to_pylist(), rank.tolist(), _groups(data)):
+            if r >= 0:
+                decisions.add(doc, "selected", f"selected: drawn uniformly at random (seed {seed}), #{r + 1} of "
+                              f"{len(selected)}", group=group)
+            else:
+                decisions.add(doc, "rejected", f"not selected: not drawn in the uniform random sample (seed {seed})",
+                              group=group)
         _write_selection(writer, data, selected, decisions, lengths, started)
 
     inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else [])
-    return store.build(RANDOM, {**_budget_config(cfg), "seed": seed}, inputs, _CODE, write)
+    return store.build(RANDOM.name, {**_budget_config(cfg), "seed": seed}, inputs, _CODE, write)
 
 
 def select_topk_stage(
@@ -252,25 +250,24 @@ def select_topk_stage(
         scored = chosen[np.argsort(-scores[chosen], kind="stable")]
         rank[scored] = np.arange(len(scored))
         cut = len(selected)
-        reasons = []
-        for i in range(n):
+        decisions = Decisions(TOPK.name)
+        for i, (doc, group) in enumerate(zip(data.docs["doc_id"].to_pylist(), _groups(data))):
+            score = None if np.isnan(scores[i]) else float(scores[i])
             if rank[i] < 0:
-                reasons.append(f"not selected: not among the {len(chosen)} scored candidates (seed {seed})")
+                decisions.add(doc, "rejected", f"not selected: not among the {len(chosen)} scored candidates "
+                              f"(seed {seed})", score=score, group=group)
             elif rank[i] < cut:
-                reasons.append(f"selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of {len(chosen)} scored")
+                decisions.add(doc, "selected", f"selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of "
+                              f"{len(chosen)} scored", score=score, group=group)
             else:
-                reasons.append(f"not selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of {len(chosen)} "
-                               f"scored, below the budget cut at rank {cut}")
-        decisions = decisions_table(
-            data.docs["doc_id"].to_pylist(), TOPK, ["selected" if 0 <= r < cut else "rejected" for r in rank.tolist()],
-            reasons, score=[None if np.isnan(x) else float(x) for x in scores.tolist()], group=_groups(data),
-        )
+                decisions.add(doc, "rejected", f"not selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of "
+                              f"{len(chosen)} scored, below the budget cut at rank {cut}", score=score, group=group)
         _write_selection(writer, data, selected, decisions, lengths, started, scored_docs=len(chosen),
                          mean_influence_scored=float(np.nanmean(scores)) if len(chosen) else None)
 
     config = {**_budget_config(cfg), "candidates": candidates, "seed": seed}
     inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else []) + [influence_ref.key]
-    return store.build(TOPK, config, inputs, _CODE, write)
+    return store.build(TOPK.name, config, inputs, _CODE, write)
 
 
 def _groups(data: Pool) -> list[str | None]:

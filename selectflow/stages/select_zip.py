@@ -9,14 +9,13 @@ from collections.abc import Callable
 
 from selectflow.config import ZipConfig
 from selectflow.fingerprint import code_fingerprint
-from selectflow.schema import decisions_table
-from selectflow.select.zip import ZipCheckpoint, zip_select
+from selectflow.select.zip import ZipCheckpoint, token_counter, zip_select
+from selectflow.stages.base import Decisions, write_decisions
 from selectflow.stages.pool import read_pool
+from selectflow.stages.registry import ZIP
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
-
-STAGE = "select_zip"
 
 
 def _reason(row: dict, mode: str) -> str:
@@ -43,21 +42,18 @@ def zip_stage(
     def write(writer: ArtifactWriter) -> None:
         docs = read_pool(pool, clusters).docs
         result = zip_select(docs, cfg, progress=progress, checkpoint=ZipCheckpoint(writer.checkpoint_dir))
-        rows = result.decisions.to_pylist()
-        writer.write("decisions", decisions_table(
-            [r["doc_id"] for r in rows], STAGE,
-            ["selected" if r["selected"] else "rejected" for r in rows],
-            [_reason(r, cfg.mode) for r in rows],
-            score=[r["ratio"] for r in rows],
-            group=[None if r["round"] is None else f"round {r['round']}" for r in rows],
-        ))
+        decisions = Decisions(ZIP.name)
+        for r in result.decisions.to_pylist():
+            decisions.add(r["doc_id"], "selected" if r["selected"] else "rejected", _reason(r, cfg.mode),
+                          score=r["ratio"], group=None if r["round"] is None else f"round {r['round']}")
         writer.write("zip_decisions", result.decisions)
         position = {doc_id: index for index, doc_id in enumerate(docs["doc_id"].to_pylist())}
-        writer.write("docs", docs.take([position[doc_id] for doc_id in result.selected]))
         writer.write_json("rounds.json", result.rounds)
-        writer.stats(docs_in=docs.num_rows, docs_out=len(result.selected), dropped=docs.num_rows - len(result.selected),
-                     stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
-                     rounds=len(result.rounds), resumed_from_round=result.resumed_from_round)
+        selected = docs.take([position[doc_id] for doc_id in result.selected])
+        count = token_counter(cfg.token_counter)
+        write_decisions(writer, decisions, selected, tokens=sum(map(count, selected["text"].to_pylist())),
+                        stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
+                        rounds=len(result.rounds), resumed_from_round=result.resumed_from_round)
 
     inputs = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
-    return store.build(STAGE, cfg.model_dump(), inputs, _CODE, write)
+    return store.build(ZIP.name, cfg.model_dump(), inputs, _CODE, write)

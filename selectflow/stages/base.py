@@ -1,0 +1,122 @@
+"""The stage contract.
+
+A stage is declared once, as a `Stage` (name, kind, label) given to `register`: the built-in stages in
+`selectflow.stages.registry`, any other from its own module. What a run reports follows from the declarations, in
+registration order: lineage walks the filters, then the selectors and baselines; the run's stage table has a row
+per declared stage; probes and the entropy-law check cover the selectors' subsets.
+
+A stage that decides about documents (source, filter, selector, baseline) adds one decision per document to a
+`Decisions` and writes it with `write_decisions`, which also writes the stats every such stage reports:
+docs_in, docs_out, dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pyarrow as pa
+
+from selectflow.schema import decisions_table
+from selectflow.store import ArtifactRef, ArtifactWriter
+
+
+class Kind(StrEnum):
+    SOURCE = "source"  # reads the inputs; what it cannot read is quarantined
+    FILTER = "filter"  # drops documents from the pool for good
+    SELECTOR = "selector"  # picks a subset of the pool: the run's result, probed and risk-checked
+    BASELINE = "baseline"  # a comparison subset under the selectors' budget
+    AUXILIARY = "auxiliary"  # artifacts other stages use (signatures, embeddings, influence, probes)
+
+
+DECIDING = (Kind.SOURCE, Kind.FILTER, Kind.SELECTOR, Kind.BASELINE)
+KEPT = ("kept", "selected")  # decisions that leave a document in the stage's output
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the artifact stage and the run record's key
+    kind: Kind
+    label: str  # what progress lines and tables call it
+    subset: str | None = None  # selectors and baselines: the short name of their subset (probes, risk, report)
+    row: bool = True  # a row of the run's stage table
+    work_of: tuple[str, ...] = ()  # auxiliary stages whose work time counts in this stage's row
+    per_subset: bool = False  # recorded once per subset, as '<name>_<subset>' (probes)
+
+    def __post_init__(self) -> None:
+        if (self.subset is None) == (self.kind in (Kind.SELECTOR, Kind.BASELINE)):
+            raise ValueError(f"stage {self.name!r}: selectors and baselines name their subset, other kinds do not")
+
+    def refs(self, run) -> list[ArtifactRef]:
+        """This stage's artifacts in a run record (`selectflow.runs.RunRecord`)."""
+        if self.per_subset:
+            return [ref for name in run.stages if name.startswith(f"{self.name}_") for ref in run.refs(name)]
+        return run.refs(self.name)
+
+
+_REGISTRY: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> Stage:
+    """Declare a stage (again: only with the same declaration). Returns it, to be kept as the module's constant."""
+    known = _REGISTRY.setdefault(stage.name, stage)
+    if known != stage:
+        raise ValueError(f"stage {stage.name!r} is already registered as {known}; give the new stage another name")
+    return stage
+
+
+def stages(*kinds: Kind) -> list[Stage]:
+    """The registered stages of these kinds (all without kinds), in registration order."""
+    _builtins()
+    return [stage for stage in _REGISTRY.values() if not kinds or stage.kind in kinds]
+
+
+def stage_of_name(name: str) -> Stage:
+    _builtins()
+    if name not in _REGISTRY:
+        raise KeyError(f"no stage {name!r} is registered (known: {', '.join(_REGISTRY)})")
+    return _REGISTRY[name]
+
+
+def _builtins() -> None:
+    import selectflow.stages.registry  # noqa: F401  (registers the built-in stages on import)
+
+
+class Decisions:
+    """One decision per document, added as the stage makes them; `table()` is its DECISIONS table."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self._columns: dict[str, list] = {name: [] for name in ("doc_id", "decision", "reason", "ref", "score",
+                                                                 "group")}
+
+    def add(self, doc_id: str, decision: str, reason: str, ref: str | None = None, score: float | None = None,
+            group: str | None = None) -> None:
+        for name, value in zip(self._columns, (doc_id, decision, reason, ref, score, group)):
+            self._columns[name].append(value)
+
+    def __len__(self) -> int:
+        return len(self._columns["doc_id"])
+
+    def kept(self) -> int:
+        return sum(decision in KEPT for decision in self._columns["decision"])
+
+    def counts(self) -> dict[str, int]:
+        kept = self.kept()
+        return {"docs_in": len(self), "docs_out": kept, "dropped": len(self) - kept}
+
+    def table(self) -> pa.Table:
+        c = self._columns
+        return decisions_table(c["doc_id"], self.stage, c["decision"], c["reason"], c["ref"], c["score"], c["group"])
+
+
+def write_decisions(writer: ArtifactWriter, decisions: Decisions, docs: pa.Table | None = None, **stats) -> None:
+    """The stage's decisions, its output documents when it has them, and its stats with docs_in / docs_out /
+    dropped counted from the decisions."""
+    if docs is not None and docs.num_rows != decisions.kept():
+        raise ValueError(f"stage {decisions.stage}: {docs.num_rows} output documents but {decisions.kept()} "
+                         "decided kept or selected")
+    writer.write("decisions", decisions.table())
+    if docs is not None:
+        writer.write("docs", docs)
+    writer.stats(**decisions.counts(), **stats)
