@@ -46,22 +46,37 @@ def small_corpus(tmp_path_factory) -> Path:
     return write_small_corpus(tmp_path_factory.mktemp("corpus"), files=12)
 
 
+@pytest.fixture(scope="session")
+def pinned_small_corpus() -> Path:
+    """The small corpus at one fixed path on every run: document ids hash their file's path, so only there do a
+    run's ids and decisions come out the same from one test session (or commit) to the next."""
+    root = Path(tempfile.gettempdir()) / "selectflow-tests" / "small-corpus"
+    root.mkdir(parents=True, exist_ok=True)
+    return write_small_corpus(root, files=12)
+
+
 def write_small_corpus(root: Path, files: int) -> Path:
-    """1,200 sample records (prose, dictionary, licenses) dealt over `files` JSONL files, and bad.jsonl."""
+    """1,200 sample records (prose, dictionary, licenses) dealt over `files` JSONL files, and bad.jsonl. Each file
+    is written under a temporary name and renamed, so sessions writing the same folder never see half a file."""
     records = [r for name in ("prose.jsonl.zst", "dictionary.jsonl.zst", "licenses.jsonl.zst")
                for r in sample_records(name, 400)]
     for index in range(files):
-        with open(root / f"part-{index:02d}.jsonl", "w", encoding="utf-8") as handle:
-            for record in records[index::files]:
-                handle.write(json.dumps(record) + "\n")
-    (root / "bad.jsonl").write_bytes(
+        lines = "".join(json.dumps(record) + "\n" for record in records[index::files])
+        _write_whole(root / f"part-{index:02d}.jsonl", lines.encode("utf-8"))
+    _write_whole(root / "bad.jsonl", (
         b'{"text": "a fine record about compilers and their passes"}\n'
         b'{"text": "unterminated\n'
         b'{"text": 42}\n'
         b'{"body": "no text field"}\n'
         b'{"text": "\xff\xfe not utf-8"}\n'
-    )
+    ))
     return root
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def write_config(path: Path, inputs: list[dict], workspace: Path, **extra) -> Path:

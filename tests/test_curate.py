@@ -1,5 +1,7 @@
 """End-to-end `curate` runs under a temporary Prefect server: outputs, lineage, MLflow, retries, caching."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -195,17 +197,15 @@ def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
         ("beats random by", "worse than random by", "indistinguishable from random")) for name in ("zip", "quad"))
 
 
-def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, small_corpus, tiny_lm,
+def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, pinned_small_corpus, tiny_lm,
                                                            monkeypatch):
     """selector 'both' with both baselines: clusters, influence, QUAD, probes, risk verdict, report, lineage."""
-    import json
-
     import mlflow
 
     from selectflow.flows.curate import curate
 
     path = write_config(
-        tmp_path / "c.yaml", [{"path": str(small_corpus / "part-0[0-5].jsonl")}], tmp_path / "ws",
+        tmp_path / "c.yaml", [{"path": str(pinned_small_corpus / "part-0[0-5].jsonl")}], tmp_path / "ws",
         reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
         influence={"model_path": str(tiny_lm), "max_tokens": 64, "max_chunks": 1, "curvature_samples": 16},
         selection={"selector": "both", "baselines": ["random", "topk"], "topk_candidates": 60,
@@ -235,6 +235,11 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
 
     store = ArtifactStore(config.workspace / "store")
     run = load_run(store)
+    # every deciding stage's decisions, reasons and output order, as computed before the stage contract (726c930)
+    assert selection_digests(run) == {
+        "dedup_exact": "31f0146cb316cea4", "dedup_near": "4a644bb0d2dad0ec", "cluster": "0325d63478ce8de4",
+        "select_zip": "f328f38715ed38aa", "select_quad": "b8dc97bd9abd113c", "select_random": "778e38de9ec80ff4",
+        "select_topk": "34fc626bc739e934"}
     probes = {stage: [ref.manifest()["stats"] for ref in run.refs(stage)] for stage in run.stages
               if stage.startswith("probe_")}
     assert set(probes) == {"probe_zip", "probe_quad", "probe_random", "probe_topk", "probe_full"}
@@ -311,15 +316,33 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
 
     # risk.fail_on_risk: a re-run (every stage cached) whose check says "at risk" fails after recording everything.
     import selectflow.flows.curate as curate_module
+    import selectflow.flows.recorder as recorder_module
     from selectflow.risk import AT_RISK, RiskVerdict, SubsetAssessment
 
     def at_risk(probes, history, cfg, confidence):
         verdict = RiskVerdict(AT_RISK, "reference", "higher R and lower L than the random subset", {})
         return [SubsetAssessment("zip", (verdict,), verdict)]
 
-    monkeypatch.setattr(curate_module, "assess_risk", at_risk)
+    monkeypatch.setattr(recorder_module, "assess_risk", at_risk)
     config.risk.fail_on_risk = True
     with pytest.raises(curate_module.SubsetAtRisk, match="at risk.*higher R and lower L"):
         curate(config)
     rerun = load_run(store)
     assert rerun.run_id != run.run_id and rerun.status == "completed" and rerun.summary["risk"]["verdict"] == AT_RISK
+
+
+def selection_digests(run) -> dict[str, str]:
+    """Per deciding stage: a digest of its decisions (doc, decision, reason, kept copy, group) and of the order of its
+    output documents; for the influence-scored subsets, of the decisions and order only (their reasons print
+    floats of a model's scores)."""
+    digests = {}
+    for stage in ("dedup_exact", "dedup_near", "cluster", "select_zip", "select_quad", "select_random", "select_topk"):
+        columns = ["doc_id", "decision"] + ([] if stage in ("select_quad", "select_topk") else
+                                            ["reason", "ref_doc_id", "group"])
+        digest = hashlib.sha256()
+        for ref in run.refs(stage):
+            digest.update(json.dumps(ref.read("decisions", columns=columns).to_pylist()).encode())
+            if ref.files("docs"):
+                digest.update(json.dumps(ref.read("docs", columns=["doc_id"])["doc_id"].to_pylist()).encode())
+        digests[stage] = digest.hexdigest()[:16]
+    return digests

@@ -1,9 +1,9 @@
 from prefect import flow
 
 from selectflow.config import ClusterConfig
-from selectflow.flows.runner import run_shards
+from selectflow.flows.runner import run_stages
+from selectflow.stages import cluster
 from selectflow.store import ArtifactRef
-from selectflow.tasks.cluster import cluster_assignments, embedding_basis, shard_embeddings
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
 
 
@@ -13,13 +13,14 @@ def cluster_pool(
 ) -> tuple[list[ArtifactRef], ArtifactRef]:
     """Embed every deduplicated shard (one task each, on the Dask workers), then k-means over all of them."""
     basis = None
-    if cfg.embedding.method == "tfidf":
-        (basis,) = run_shards(embedding_basis, [{"workspace": workspace, "pool": pool, "cfg": cfg.embedding}], "basis")
-    embeddings = run_shards(
-        shard_embeddings.with_options(**shard_task_options(retries, retry_delay_seconds)),
-        [{"workspace": workspace, "shard": shard, "cfg": cfg.embedding, "basis": basis} for shard in pool],
-        "embed",
-    )
-    (clusters,) = run_shards(cluster_assignments, [{"workspace": workspace, "embeddings": embeddings, "cfg": cfg}],
+    if cfg.embedding.method == "tfidf":  # the TF-IDF + SVD basis every shard is embedded with, fit on a pool sample
+        (basis,) = run_stages(cluster.embedding_basis_stage, "embedding-basis", workspace,
+                              [{"pool": pool, "cfg": cfg.embedding}], "basis")
+    embeddings = run_stages(cluster.embed_stage, "shard-embeddings", workspace,
+                            [{"shard_ref": shard, "cfg": cfg.embedding, "basis": basis} for shard in pool], "embed",
+                            label=lambda call: f"embed {call['shard_ref'].key:.12}",
+                            **shard_task_options(retries, retry_delay_seconds))
+    # k-means over every shard's embeddings: cluster per document, centroid distances, neighbours, SemDeDup
+    (clusters,) = run_stages(cluster.cluster_stage, "clusters", workspace, [{"embeddings": embeddings, "cfg": cfg}],
                              "k-means")
     return embeddings, clusters

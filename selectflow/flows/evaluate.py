@@ -3,15 +3,14 @@ from dataclasses import dataclass
 from prefect import flow
 
 from selectflow.config import ProbeConfig, RiskConfig
-from selectflow.flows.runner import run_shards, run_tasks
+from selectflow.flows.runner import run_stages
 from selectflow.probe.compare import BASELINE, ProbeComparison, compare_probes
 from selectflow.probe.data import budget_blocks, common_budget
 from selectflow.risk import RiskPoint, SubsetAssessment, SubsetEvidence, check_subset, r_tolerance
 from selectflow.stages.base import Kind, stage_of_name, stages
-from selectflow.stages.probe import subset_profile
+from selectflow.stages.probe import full_pool_stage, probe_stage, subset_profile
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
-from selectflow.tasks.probe import full_pool_sample, probe_training
 
 
 @dataclass
@@ -72,17 +71,20 @@ def probe_subsets(
     budget, notes = probe_budget(cfg, profiles)
     seeds = cfg.replicate_seeds
     sample_seeds = list(range(cfg.seed, cfg.seed + max(uniform_samples, len(seeds) if "full" in names else 0)))
-    samples = dict(zip(sample_seeds, run_shards(full_pool_sample, [
-        {"workspace": workspace, "pool": pool, "cfg": cfg, "seed": seed, "tokens": budget} for seed in sample_seeds
-    ], "uniform samples of the pool"))) if sample_seeds else {}
-    task = probe_training.with_options(**shard_task_options(retries, retry_delay_seconds))
-    keys = [(name, seed) for seed in seeds for name in names]
-    calls = [(task, {"workspace": workspace, "name": name, "reference": reference, "unseen": unseen, "cfg": cfg,
-                     "subset": [samples[seed]] if name == "full" else subsets[name], "seed": seed, "tokens": budget})
-             for name, seed in keys]
+    # the pool sampled to the budget: the 'no selection' point of comparison
+    samples = dict(zip(sample_seeds, run_stages(
+        full_pool_stage, "full-pool-sample", workspace,
+        [{"pool": pool, "cfg": cfg, "seed": seed, "budget": budget} for seed in sample_seeds],
+        "uniform samples of the pool", label=lambda call: f"full-pool sample seed {call['seed']}",
+    ))) if sample_seeds else {}
+    # a short training run per subset and seed: loss curve, code length, held-out bits per byte
+    calls = [{"name": name, "subset": [samples[seed]] if name == "full" else subsets[name], "reference": reference,
+              "unseen": unseen, "cfg": cfg, "seed": seed, "tokens": budget} for seed in seeds for name in names]
     runs: dict[str, dict[int, ArtifactRef]] = {name: {} for name in names}
-    for (name, seed), ref in zip(keys, run_tasks(calls, "probe")):
-        runs[name][seed] = ref
+    for call, ref in zip(calls, run_stages(probe_stage, "probe-training", workspace, calls, "probe",
+                                           label=lambda call: f"probe {call['name']} seed {call['seed']}",
+                                           **shard_task_options(retries, retry_delay_seconds))):
+        runs[call["name"]][call["seed"]] = ref
     uniform = [subset_profile([samples[seed]], cfg) for seed in sample_seeds[:uniform_samples]]
     return ProbeRuns(runs, budget, profiles, notes, uniform)
 

@@ -1,11 +1,11 @@
 from prefect import flow
 
 from selectflow.config import IngestConfig
-from selectflow.flows.runner import run_shards
+from selectflow.flows.runner import run_stages
 from selectflow.ingest import InputFile
+from selectflow.stages.ingest import ingest_file
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
-from selectflow.tasks.ingest import ingested_shards
 
 
 @flow(name="ingest", **FLOW_OPTIONS)
@@ -13,5 +13,6 @@ def ingest_corpus(
     workspace: str, files: list[InputFile], cfg: IngestConfig, retries: int = 2, retry_delay_seconds: float = 1.0
 ) -> list[ArtifactRef]:
     """Every input file -> Parquet document shards + quarantine, one task per file."""
-    task = ingested_shards.with_options(**shard_task_options(retries, retry_delay_seconds))
-    return run_shards(task, [{"workspace": workspace, "file": f, "cfg": cfg} for f in files], "ingest")
+    return run_stages(ingest_file, "ingest-file", workspace, [{"file": f, "cfg": cfg} for f in files], "ingest",
+                      label=lambda call: f"ingest {call['file'].uri}",
+                      **shard_task_options(retries, retry_delay_seconds))

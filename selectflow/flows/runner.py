@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import dask
 from prefect.futures import as_completed
@@ -10,6 +11,7 @@ from prefect_dask import DaskTaskRunner
 from selectflow.config import DaskConfig
 from selectflow.progress import StageProgress
 from selectflow.store import ArtifactRef
+from selectflow.tasks.stage import stage_calls
 
 
 @contextlib.contextmanager
@@ -48,9 +50,11 @@ def _prefect_env() -> dict[str, str]:
         return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
 
 
-def run_shards(task, calls: list[dict], stage: str) -> list[ArtifactRef]:
-    """Submit `task` once per call, report progress as they finish, return their artifacts in call order."""
-    return run_tasks([(task, call) for call in calls], stage)
+def run_stages(stage: Callable[..., ArtifactRef], name: str, workspace: str, inputs: list[dict], progress: str,
+               label: Callable[[dict], str] | None = None, **options) -> list[ArtifactRef]:
+    """Run `stage` once per entry of `inputs` as tasks named `name` (see `stage_calls`), side by side; progress
+    under `progress` as they finish; their artifacts in input order."""
+    return run_tasks(stage_calls(stage, name, workspace, inputs, label, **options), progress)
 
 
 def run_tasks(calls: list[tuple], stage: str) -> list[ArtifactRef]:

@@ -45,7 +45,8 @@ MAX_TRAIN_POINTS = 200  # training bpb is averaged over bins of consecutive step
 
 
 class ProbeRunsLike(Protocol):
-    """What the risk section needs of `selectflow.flows.evaluate.ProbeRuns`: whole-subset profiles and per-seed stats."""
+    """What the risk section needs of `selectflow.flows.evaluate.ProbeRuns`: whole-subset profiles and per-seed
+    stats."""
 
     profiles: dict[str, dict]
 

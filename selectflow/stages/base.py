@@ -110,6 +110,15 @@ class Decisions:
         return decisions_table(c["doc_id"], self.stage, c["decision"], c["reason"], c["ref"], c["score"], c["group"])
 
 
+def read_docs(source: pa.Table | list[ArtifactRef], columns: list[str] | None = None) -> pa.Table:
+    """The documents of a table, or of artifacts' "docs" tables (what flows pass a stage, so that workers read them)."""
+    if isinstance(source, pa.Table):
+        return source.select(columns) if columns else source
+    if not source:
+        return pa.table({"doc_id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    return pa.concat_tables([ref.read("docs", columns=columns) for ref in source])
+
+
 def write_decisions(writer: ArtifactWriter, decisions: Decisions, docs: pa.Table | None = None, **stats) -> None:
     """The stage's decisions, its output documents when it has them, and its stats with docs_in / docs_out /
     dropped counted from the decisions."""

@@ -15,6 +15,7 @@ from selectflow.config import InfluenceConfig
 from selectflow.fingerprint import code_fingerprint
 from selectflow.influence.model import model_fingerprint, resolve_device, resolve_dtype
 from selectflow.influence.scorer import InfluenceScorer
+from selectflow.stages.base import read_docs
 from selectflow.stages.registry import INFLUENCE
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter, stable_hash
 
@@ -25,7 +26,7 @@ STATE_FILE = "influence_state.safetensors"
 
 def influence_reference_stage(
     store: ArtifactStore,
-    reference: pa.Table,
+    reference: pa.Table | list[ArtifactRef],
     cfg: InfluenceConfig,
     curvature: pa.Table | None = None,
     model: Any = None,
@@ -34,7 +35,7 @@ def influence_reference_stage(
     """Fit the scorer on `reference["text"]` (EK-FAC on a sample of `curvature["text"]` when given, else of the
     reference) and save its state. `model`/`tokenizer` override cfg.model_path (tests); the artifact key then only
     knows cfg, so keep such stores separate."""
-    texts = reference.column("text").to_pylist()
+    texts = read_docs(reference, ["text"]).column("text").to_pylist()
     curvature_texts = curvature.column("text").to_pylist() if curvature is not None else None
     inputs = [f"reference:{stable_hash(texts)}"]
     if curvature_texts is not None:

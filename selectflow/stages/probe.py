@@ -25,7 +25,7 @@ from selectflow.fingerprint import code_fingerprint, files_fingerprint
 from selectflow.probe.data import pack_eval, pack_train, sample_to_tokens, stream_tokens
 from selectflow.probe.tokenizer import load_tokenizer
 from selectflow.probe.train import train_probe
-from selectflow.stages.base import Decisions, write_decisions
+from selectflow.stages.base import Decisions, read_docs, write_decisions
 from selectflow.stages.registry import FULL_POOL_SAMPLE, PROBE
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
@@ -57,29 +57,27 @@ def _texts_digest(table: pa.Table | None) -> str | None:
     return digest.hexdigest()
 
 
-def _read_docs(refs: list[ArtifactRef]) -> pa.Table:
-    return pa.concat_tables([ref.read("docs") for ref in refs]) if refs else pa.table({"doc_id": [], "text": []})
-
-
 def probe_stage(
     store: ArtifactStore,
     name: str,
     subset: list[ArtifactRef],
-    reference_docs: pa.Table,
-    unseen_docs: pa.Table | None,
+    reference: pa.Table | list[ArtifactRef],
+    unseen: pa.Table | list[ArtifactRef] | None,
     cfg: ProbeConfig,
     seed: int,
     tokens: int,
 ) -> ArtifactRef:
     """Train the probe of `seed` on `tokens` of the documents of `subset` ("docs" tables); held-out sets: reference
-    (and unseen)."""
+    (and unseen, when given and not empty)."""
+    reference_docs = read_docs(reference)
+    unseen_docs = read_docs(unseen) if unseen is not None and len(unseen) else None
     config = {"name": name, "seed": seed, "tokens": tokens,
               "probe": cfg.model_dump(exclude=_TRAINING_FIELDS | {"tokenizer_path", "init_checkpoint"}),
               "files": _model_files(cfg), "reference": _texts_digest(reference_docs),
               "unseen": _texts_digest(unseen_docs)}
 
     def write(writer: ArtifactWriter) -> None:
-        docs = _read_docs(subset)
+        docs = read_docs(subset)
         texts = docs["text"].to_pylist()
         if not texts:
             raise ValueError(f"probe: subset {name!r} is empty (no documents); nothing to train on")
@@ -88,7 +86,7 @@ def probe_stage(
         train = pack_train(texts, tokenizer, tokens, seq_len, cfg.batch_size, seed, cfg.short_subset, name)
         heldout = {"reference": pack_eval(reference_docs["text"].to_pylist(), tokenizer, cfg.eval_tokens, seq_len,
                                           "reference")}
-        if unseen_docs is not None and unseen_docs.num_rows:
+        if unseen_docs is not None:
             heldout["unseen"] = pack_eval(unseen_docs["text"].to_pylist(), tokenizer, cfg.eval_tokens, seq_len,
                                           "unseen")
         run = train_probe(train, heldout, tokenizer, cfg, seed)
@@ -111,7 +109,7 @@ def probe_stage(
 
 def subset_profile(refs: list[ArtifactRef], cfg: ProbeConfig) -> dict:
     """A subset's packed tokens (documents + separators) and compression ratios R of its whole text."""
-    texts = _read_docs(refs)["text"].to_pylist()
+    texts = read_docs(refs)["text"].to_pylist()
     return {"docs": len(texts), "tokens": stream_tokens(texts, _tokenizer(cfg)),
             "R_zlib": set_ratio(texts, "zlib") if texts else None, "R_zstd": set_ratio(texts, "zstd") if texts else None}
 
@@ -122,7 +120,7 @@ def full_pool_stage(store: ArtifactStore, pool: list[ArtifactRef], cfg: ProbeCon
     config = {"tokens": budget, "seed": seed, "tokenizer": cfg.tokenizer, "files": _model_files(cfg)}
 
     def write(writer: ArtifactWriter) -> None:
-        docs = _read_docs(pool)
+        docs = read_docs(pool)
         if docs.num_rows == 0:
             raise ValueError("probe: the deduplicated pool is empty; nothing to sample the 'full' subset from")
         picked = sample_to_tokens(docs["text"].to_pylist(), _tokenizer(cfg), budget, seed)

@@ -134,12 +134,19 @@ def select_quad_stage(
     influence_cfg: InfluenceConfig,
     d_max: float | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
     """QUAD over the clustered pool.
 
     d_max: QUAD's neighbour distance; None takes the cluster artifact's `neighbour_distance` (the one its
-    "neighbours" table was cut at), which is what it should be. progress(round, record) after every round.
+    "neighbours" table was cut at), which is what it should be. progress(round, record) after every round; without
+    it, `log` gets a line per round.
     """
+    if progress is None and log is not None:
+        def progress(done: int, record: dict) -> None:
+            rewarded = sum(reward > 0 for reward in record["rewards"])
+            log(f"quad round {done}: pulled {len(record['pulled'])} clusters, {rewarded} rewarded, "
+                f"{record['selected_docs']} selected, {record['scored_docs']} scored so far")
     if d_max is None:
         d_max = float(cluster_ref.manifest()["config"]["neighbour_distance"])
 
@@ -225,8 +232,13 @@ def select_topk_stage(
     candidates: int | None,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
-    """The highest-influence documents under QUAD's budget, among `candidates` seeded-sampled documents (None: all)."""
+    """The highest-influence documents under QUAD's budget, among `candidates` seeded-sampled documents (None: all);
+    progress(scored, total) after every batch, else a line to `log`."""
+    if progress is None and log is not None:
+        def progress(done: int, total: int) -> None:
+            log(f"top-k: {done}/{total} candidates scored")
 
     def write(writer: ArtifactWriter) -> None:
         started = time.perf_counter()

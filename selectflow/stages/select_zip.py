@@ -5,6 +5,7 @@ A killed stage resumes from its last finished ZIP round: the rounds' state is ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from selectflow.config import ZipConfig
@@ -35,9 +36,17 @@ def zip_stage(
     cfg: ZipConfig,
     progress: Callable[[int, dict], None] | None = None,
     clusters: ArtifactRef | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
     """ZIP over the pool; with `clusters`, only over the documents its semantic dedup kept. Resumes a killed run
-    from its last finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh)."""
+    from its last finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh).
+    progress(round, info) after every round; without it, `log` gets a line per round."""
+    if progress is None and log is not None:
+        rounds = math.ceil(cfg.budget / cfg.k3) if cfg.budget_unit == "docs" else None
+
+        def progress(done: int, info: dict) -> None:
+            log(f"zip round {done}/{rounds or '?'}: {info['n_selected']} selected, "
+                f"set ratio {info['selected_ratio']:.3f}, {info['pool_left']} left in the pool")
 
     def write(writer: ArtifactWriter) -> None:
         docs = read_pool(pool, clusters).docs

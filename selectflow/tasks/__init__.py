@@ -1,1 +1,1 @@
-"""Prefect tasks: thin wrappers over selectflow's stage functions (retries, content cache keys, one per shard)."""
+"""Prefect tasks: one generic task (`stage.run_stage`) runs every stage function; `common` holds what they share."""
