@@ -36,8 +36,9 @@ def test_decisions_builder_matches_the_decisions_table_and_counts():
     decisions.add("a", "kept", "first")
     decisions.add("b", "dropped", "copy of a", ref="a", score=0.9, group="g")
     decisions.add("c", "selected", "picked")
-    expected = decisions_table(["a", "b", "c"], "toy", ["kept", "dropped", "selected"], ["first", "copy of a", "picked"],
-                               [None, "a", None], [None, 0.9, None], [None, "g", None])
+    expected = decisions_table(["a", "b", "c"], "toy", ["kept", "dropped", "selected"],
+                               ["first", "copy of a", "picked"], [None, "a", None], [None, 0.9, None],
+                               [None, "g", None])
     assert decisions.table().equals(expected)
     assert decisions.counts() == {"docs_in": 3, "docs_out": 2, "dropped": 1}
 
