@@ -7,7 +7,6 @@ Each stage writes "docs" (the selection, DOCS schema), "decisions" (one row per 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -17,10 +16,10 @@ from selectflow.config import InfluenceConfig, QuadConfig
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
-from selectflow.select.zip import token_counter
-from selectflow.stages.base import Decisions, write_decisions
-from selectflow.stages.pool import Pool, read_pool
+from selectflow.stages.base import Decisions
+from selectflow.stages.pool import Pool
 from selectflow.stages.registry import QUAD, RANDOM, TOPK
+from selectflow.stages.selection import Selection, build_selection
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -44,11 +43,6 @@ QUAD_DECISIONS = pa.schema(
 )
 
 
-def _token_lengths(docs: pa.Table, counter: str) -> np.ndarray:
-    count = token_counter(counter)
-    return np.fromiter((count(text) for text in docs["text"].to_pylist()), np.int64, docs.num_rows)
-
-
 def _load_scorer(influence_ref: ArtifactRef, cfg: InfluenceConfig):
     """The influence stage's scorer (imported late: the stage module loads torch and the model code)."""
     from selectflow.stages.influence import load_scorer
@@ -58,13 +52,6 @@ def _load_scorer(influence_ref: ArtifactRef, cfg: InfluenceConfig):
 
 def _budget_config(cfg: QuadConfig) -> dict:
     return cfg.model_dump(include={"budget", "budget_unit", "token_counter"})
-
-
-def _write_selection(writer: ArtifactWriter, pool: Pool, selected: np.ndarray, decisions: Decisions,
-                     lengths: np.ndarray, started: float, **stats) -> None:
-    write_decisions(writer, decisions, pool.docs.take(pa.array(selected, pa.int64())),
-                    excluded_by_cluster_stage=pool.excluded, tokens=int(lengths[selected].sum()),
-                    seconds=round(time.perf_counter() - started, 3), **stats)
 
 
 # ----------------------------------------------------------------------------------------------- QUAD
@@ -150,11 +137,8 @@ def select_quad_stage(
     if d_max is None:
         d_max = float(cluster_ref.manifest()["config"]["neighbour_distance"])
 
-    def write(writer: ArtifactWriter) -> None:
-        started = time.perf_counter()
-        data = read_pool(pool, cluster_ref)
+    def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
         texts = data.docs["text"].to_pylist()
-        lengths = _token_lengths(data.docs, cfg.token_counter)
         table = cluster_ref.read("neighbours")
         neighbours = neighbours_from_arrays(table["cluster"].to_numpy(), table["neighbour"].to_numpy(),
                                             table["distance"].to_numpy())
@@ -176,20 +160,19 @@ def select_quad_stage(
                 "or check that the reference set and influence.model_path fit this pool"
             )
         doc_ids = data.docs["doc_id"].to_pylist()
-        writer.write("quad_decisions", quad_decisions_table(doc_ids, result))
-        writer.write_json("rounds.json", result.rounds)
-        writer.write_json("clusters.json", result.clusters)
-        _write_selection(writer, data, result.selected, _quad_decisions(doc_ids, result), lengths, started, bandit=cfg.bandit,
-                         threshold=threshold, calibration_docs=calibration,
-                         rounds=len(result.rounds), scored_docs=result.scored, stopped=result.stopped,
-                         clusters=len(result.clusters), scoring_seconds=result.seconds["scoring"],
-                         pulled_clusters=sum(1 for c in result.clusters if c["pulls"]),
-                         mean_influence_scored=float(np.nanmean(result.docs.influence)) if result.scored else None)
+        stats = {"bandit": cfg.bandit, "threshold": threshold, "calibration_docs": calibration,
+                 "rounds": len(result.rounds), "scored_docs": result.scored, "stopped": result.stopped,
+                 "clusters": len(result.clusters), "scoring_seconds": result.seconds["scoring"],
+                 "pulled_clusters": sum(1 for c in result.clusters if c["pulls"]),
+                 "mean_influence_scored": float(np.nanmean(result.docs.influence)) if result.scored else None}
+        return Selection(result.selected, _quad_decisions(doc_ids, result), stats, rounds=result.rounds,
+                         tables={"quad_decisions": quad_decisions_table(doc_ids, result)},
+                         documents={"clusters.json": result.clusters})
 
     # influence_ref's key holds every influence setting that changes a score; the run settings change none
     config = {"quad": cfg.model_dump(), "d_max": d_max}
-    inputs = [ref.key for ref in pool] + [cluster_ref.key, influence_ref.key]
-    return store.build(QUAD.name, config, inputs, _CODE, write)
+    return build_selection(store, QUAD, pool, cluster_ref, cfg.token_counter, config, [influence_ref.key], _CODE,
+                           select)
 
 
 # ----------------------------------------------------------------------------------------------- baselines
@@ -200,10 +183,7 @@ def select_random_stage(
 ) -> ArtifactRef:
     """Uniform random subset under QUAD's budget (cfg.budget / budget_unit / token_counter)."""
 
-    def write(writer: ArtifactWriter) -> None:
-        started = time.perf_counter()
-        data = read_pool(pool, cluster_ref)
-        lengths = _token_lengths(data.docs, cfg.token_counter)
+    def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
         selected = random_select(lengths if cfg.budget_unit == "tokens" else data.docs.num_rows, cfg.budget,
                                  cfg.budget_unit, seed)
         rank = np.full(data.docs.num_rows, -1)
@@ -216,10 +196,10 @@ def select_random_stage(
             else:
                 decisions.add(doc, "rejected", f"not selected: not drawn in the uniform random sample (seed {seed})",
                               group=group)
-        _write_selection(writer, data, selected, decisions, lengths, started)
+        return Selection(selected, decisions)
 
-    inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else [])
-    return store.build(RANDOM.name, {**_budget_config(cfg), "seed": seed}, inputs, _CODE, write)
+    return build_selection(store, RANDOM, pool, cluster_ref, cfg.token_counter, {**_budget_config(cfg), "seed": seed},
+                           [], _CODE, select)
 
 
 def select_topk_stage(
@@ -240,11 +220,8 @@ def select_topk_stage(
         def progress(done: int, total: int) -> None:
             log(f"top-k: {done}/{total} candidates scored")
 
-    def write(writer: ArtifactWriter) -> None:
-        started = time.perf_counter()
-        data = read_pool(pool, cluster_ref)
+    def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
         n = data.docs.num_rows
-        lengths = _token_lengths(data.docs, cfg.token_counter)
         if candidates is None or candidates >= n:
             chosen = np.arange(n)
         else:
@@ -274,12 +251,13 @@ def select_topk_stage(
             else:
                 decisions.add(doc, "rejected", f"not selected: influence {scores[i]:.3g}, rank {rank[i] + 1} of "
                               f"{len(chosen)} scored, below the budget cut at rank {cut}", score=score, group=group)
-        _write_selection(writer, data, selected, decisions, lengths, started, scored_docs=len(chosen),
-                         mean_influence_scored=float(np.nanmean(scores)) if len(chosen) else None)
+        return Selection(selected, decisions, {"scored_docs": len(chosen),
+                                               "mean_influence_scored": float(np.nanmean(scores)) if len(chosen)
+                                               else None})
 
     config = {**_budget_config(cfg), "candidates": candidates, "seed": seed}
-    inputs = [ref.key for ref in pool] + ([cluster_ref.key] if cluster_ref else []) + [influence_ref.key]
-    return store.build(TOPK.name, config, inputs, _CODE, write)
+    return build_selection(store, TOPK, pool, cluster_ref, cfg.token_counter, config, [influence_ref.key], _CODE,
+                           select)
 
 
 def _groups(data: Pool) -> list[str | None]:

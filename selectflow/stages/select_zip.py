@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from selectflow.config import ZipConfig
 from selectflow.fingerprint import code_fingerprint
-from selectflow.select.zip import ZipCheckpoint, token_counter, zip_select
-from selectflow.stages.base import Decisions, write_decisions
-from selectflow.stages.pool import read_pool
+from selectflow.select.zip import ZipCheckpoint, zip_select
+from selectflow.stages.base import Decisions
+from selectflow.stages.pool import Pool
 from selectflow.stages.registry import ZIP
+from selectflow.stages.selection import Selection, build_selection
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -48,21 +51,16 @@ def zip_stage(
             log(f"zip round {done}/{rounds or '?'}: {info['n_selected']} selected, "
                 f"set ratio {info['selected_ratio']:.3f}, {info['pool_left']} left in the pool")
 
-    def write(writer: ArtifactWriter) -> None:
-        docs = read_pool(pool, clusters).docs
-        result = zip_select(docs, cfg, progress=progress, checkpoint=ZipCheckpoint(writer.checkpoint_dir))
+    def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
+        result = zip_select(data.docs, cfg, progress=progress, checkpoint=ZipCheckpoint(writer.checkpoint_dir))
         decisions = Decisions(ZIP.name)
         for r in result.decisions.to_pylist():
             decisions.add(r["doc_id"], "selected" if r["selected"] else "rejected", _reason(r, cfg.mode),
                           score=r["ratio"], group=None if r["round"] is None else f"round {r['round']}")
-        writer.write("zip_decisions", result.decisions)
-        position = {doc_id: index for index, doc_id in enumerate(docs["doc_id"].to_pylist())}
-        writer.write_json("rounds.json", result.rounds)
-        selected = docs.take([position[doc_id] for doc_id in result.selected])
-        count = token_counter(cfg.token_counter)
-        write_decisions(writer, decisions, selected, tokens=sum(map(count, selected["text"].to_pylist())),
-                        stopped=result.stopped, final_ratio=result.final_ratio, seconds=result.seconds,
-                        rounds=len(result.rounds), resumed_from_round=result.resumed_from_round)
+        position = {doc_id: index for index, doc_id in enumerate(data.docs["doc_id"].to_pylist())}
+        stats = {"stopped": result.stopped, "final_ratio": result.final_ratio, "seconds": result.seconds,
+                 "rounds": len(result.rounds), "resumed_from_round": result.resumed_from_round}
+        return Selection([position[doc_id] for doc_id in result.selected], decisions, stats, rounds=result.rounds,
+                         tables={"zip_decisions": result.decisions})
 
-    inputs = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
-    return store.build(ZIP.name, cfg.model_dump(), inputs, _CODE, write)
+    return build_selection(store, ZIP, pool, clusters, cfg.token_counter, cfg.model_dump(), [], _CODE, select)
