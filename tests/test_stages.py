@@ -5,7 +5,7 @@ import pytest
 
 from selectflow.schema import decisions_table
 from selectflow.stages.base import Decisions, Kind, Stage, register, stage_of_name, stages, write_decisions
-from selectflow.store import ArtifactStore
+from selectflow.store import ArtifactRef, ArtifactStore
 
 
 def test_the_registry_declares_the_dag_in_order():
@@ -54,3 +54,34 @@ def test_write_decisions_refuses_output_that_disagrees_with_the_decisions(tmp_pa
     ref = store.build("toy", {}, [], "code", lambda writer: write_decisions(writer, decisions, docs.slice(0, 1), x=1))
     assert ref.manifest()["stats"] == {"docs_in": 2, "docs_out": 1, "dropped": 1, "x": 1}
     assert ref.read("decisions")["decision"].to_pylist() == ["kept", "dropped"]
+
+
+def _toy_filter(store: ArtifactStore, texts: list[str], min_chars: int, log) -> ArtifactRef:
+    """A stage as a flow runs it: store first, its inputs, and `log` (which the generic task supplies)."""
+
+    def write(writer):
+        decisions = Decisions("toy_filter")
+        for index, text in enumerate(texts):
+            kept = len(text) >= min_chars
+            decisions.add(f"doc{index}", "kept" if kept else "dropped", f"{len(text)} characters")
+        log(f"toy filter: {decisions.kept()} of {len(decisions)} kept")
+        write_decisions(writer, decisions, given_a_logger=callable(log))
+
+    return store.build("toy_filter", {"min_chars": min_chars}, texts, "toy-code", write)
+
+
+def test_the_generic_task_runs_any_stage_function(prefect_harness, tmp_path):
+    from prefect import flow
+
+    from selectflow.flows.runner import run_stages
+
+    @flow
+    def toy_flow() -> list:
+        return run_stages(_toy_filter, "toy-filter", str(tmp_path), [
+            {"texts": ["a long enough text", "short"], "min_chars": 10},
+            {"texts": ["tiny"], "min_chars": 1},
+        ], "toy", label=lambda call: f"toy filter of {len(call['texts'])}")
+
+    first, second = toy_flow()
+    assert first.manifest()["stats"] == {"docs_in": 2, "docs_out": 1, "dropped": 1, "given_a_logger": True}
+    assert second.read("decisions")["decision"].to_pylist() == ["kept"]
