@@ -22,11 +22,11 @@ def test_a_stage_is_declared_once():
     zip_stage = stage_of_name("select_zip")
     assert register(zip_stage) is zip_stage  # the same declaration again is fine
     with pytest.raises(ValueError, match="already registered"):
-        register(Stage("select_zip", Kind.BASELINE, "another", subset="other"))
+        register(Stage("select_zip", Kind.BASELINE, subset="other"))
     with pytest.raises(ValueError, match="name their subset"):
-        Stage("toy_selector", Kind.SELECTOR, "toy")
+        Stage("toy_selector", Kind.SELECTOR)
     with pytest.raises(ValueError, match="name their subset"):
-        Stage("toy_filter", Kind.FILTER, "toy", subset="toy")
+        Stage("toy_filter", Kind.FILTER, subset="toy")
     with pytest.raises(KeyError, match="no stage 'nope'"):
         stage_of_name("nope")
 

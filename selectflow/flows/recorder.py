@@ -117,7 +117,7 @@ class RunRecorder:
     def probed(self, probes: ProbeRuns) -> None:
         """The probes' artifacts and MLflow runs, their comparison over seeds, and the risk check when enabled."""
         for name, by_seed in probes.runs.items():
-            self.stage(f"{PROBE.name}_{name}", list(by_seed.values()))
+            self.stage(PROBE.record(name), list(by_seed.values()))
             for seed, ref in by_seed.items():
                 track_probe(self.tracker, f"{name}_seed{seed}", ref, self.config.probe)
         self.comparison = compare_subsets(probes, self.config.probe)

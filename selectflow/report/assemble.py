@@ -65,15 +65,14 @@ def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeC
         run_name=run.config.get("run_name"),
         code_version=package_code_version(),
         config=_config_summary(run.config),
-        subsets=[*subsets, *(["full"] if run.refs(f"{PROBE.name}_full") else [])],
+        subsets=[*subsets, *(["full"] if run.refs(PROBE.record("full")) else [])],
         funnel=[FunnelStep(**{k: row[k] for k in ("stage", "docs_in", "docs_out", "dropped", "work_s")})
                 for row in run.summary.get("stages", []) if row["docs_in"] is not None],
         clusters=_clusters(run, subsets),
         domains=_domains(run, subsets),
         bandit=_bandit(subsets.get("quad"), selection.get("quad", {}).get("bandit", "ucb")),
         zip=Zip(rounds=_rounds(subsets["zip"])) if "zip" in subsets and _rounds(subsets["zip"]) else None,
-        probes=probe_section({stage.removeprefix(f"{PROBE.name}_"): run.refs(stage) for stage in run.stages
-                              if stage.startswith(f"{PROBE.name}_") and run.refs(stage)}, comparison),
+        probes=probe_section(PROBE.by_subset(run), comparison),
         risk=risk,
     )
 

@@ -1,6 +1,6 @@
 """The stage contract.
 
-A stage is declared once, as a `Stage` (name, kind, label) given to `register`: the built-in stages in
+A stage is declared once, as a `Stage` (name, kind, ...) given to `register`: the built-in stages in
 `selectflow.stages.registry`, any other from its own module. What a run reports follows from the declarations, in
 registration order: lineage walks the filters, then the selectors and baselines; the run's stage table has a row
 per declared stage; probes and the entropy-law check cover the selectors' subsets.
@@ -37,7 +37,6 @@ KEPT = ("kept", "selected")  # decisions that leave a document in the stage's ou
 class Stage:
     name: str  # the artifact stage and the run record's key
     kind: Kind
-    label: str  # what progress lines and tables call it
     subset: str | None = None  # selectors and baselines: the short name of their subset (probes, risk, report)
     row: bool = True  # a row of the run's stage table
     work_of: tuple[str, ...] = ()  # auxiliary stages whose work time counts in this stage's row
@@ -50,8 +49,18 @@ class Stage:
     def refs(self, run) -> list[ArtifactRef]:
         """This stage's artifacts in a run record (`selectflow.runs.RunRecord`)."""
         if self.per_subset:
-            return [ref for name in run.stages if name.startswith(f"{self.name}_") for ref in run.refs(name)]
+            return [ref for refs in self.by_subset(run).values() for ref in refs]
         return run.refs(self.name)
+
+    def record(self, subset: str) -> str:
+        """A per-subset stage's run-record key for `subset`."""
+        return f"{self.name}_{subset}"
+
+    def by_subset(self, run) -> dict[str, list[ArtifactRef]]:
+        """A per-subset stage's artifacts in a run record, by subset."""
+        prefix = self.record("")
+        return {name.removeprefix(prefix): run.refs(name) for name in run.stages
+                if name.startswith(prefix) and run.refs(name)}
 
 
 _REGISTRY: dict[str, Stage] = {}
