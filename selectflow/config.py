@@ -6,11 +6,20 @@ validators say what to change when a value is impossible.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -90,12 +99,54 @@ class NearDedupConfig(_Strict):
         return self
 
 
+class FilterOptions(_Strict):
+    """A document filter's settings: `method` names its registered stage. Subclass it for a new filter (see README,
+    "Adding a stage")."""
+
+    method: str = Field(..., description="The filter (its registered stage's method).")
+
+
 class DedupConfig(_Strict):
     exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
 
 
-class ZipConfig(_Strict):
+TokenCounter = Literal["whitespace", "bytes", "bytes4"]
+
+
+class Budget(_Strict):
+    """How much a selector selects. Every selector and baseline of a run shares one budget (`selection`'s), so the
+    subsets they produce are compared at equal size."""
+
+    budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
+    budget_unit: Literal["docs", "tokens"] = Field(
+        "docs",
+        description="'docs': at least budget documents (ZIP picks whole rounds: ceil(budget/k3)*k3 documents); "
+        "'tokens': stop once the selected documents hold >= budget tokens (see token_counter).",
+    )
+    token_counter: TokenCounter = Field(
+        "whitespace",
+        description="Tokens of a text for a tokens budget: 'whitespace' = whitespace-separated words, 'bytes' = "
+        "UTF-8 bytes (the byte-level probe's unit: subsets of equal bytes), 'bytes4' = ceil(UTF-8 bytes / 4).",
+    )
+
+    def budget_fields(self) -> dict:
+        return self.model_dump(include={"budget", "budget_unit", "token_counter"})
+
+
+class SelectorOptions(_Strict):
+    """A selector's own settings: `method` names its registered stage (and the subset it produces); the budget is the
+    run's (`selection.budget*`). Subclass it for a new selector (see README, "Adding a stage")."""
+
+    method: str = Field(..., description="The selector (its registered stage's subset name).")
+    needs_influence: ClassVar[bool] = False  # scores documents with the influence reference (needs `reference`)
+
+    def budget_taken(self, budget: Budget) -> Budget:
+        """What this selector will actually select under `budget` (the baselines get the smallest of these)."""
+        return budget
+
+
+class ZipOptions(_Strict):
     """ZIP selection (Entropy Law): keep the documents that compress worst together (least redundant)."""
 
     mode: Literal["exact", "zstd"] = Field(
@@ -107,18 +158,6 @@ class ZipConfig(_Strict):
     k1: int = Field(10_000, ge=1, description="Stage 1 (global): candidates with the lowest stale ratio per round.")
     k2: int = Field(200, ge=1, description="Stage 2 (coarse): re-scored candidates kept per round (all leave the pool).")
     k3: int = Field(100, ge=1, description="Stage 3 (fine): documents picked greedily per round.")
-    budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
-    budget_unit: Literal["docs", "tokens"] = Field(
-        "docs",
-        description="'docs': stop at >= budget documents (output = ceil(budget/k3)*k3 documents); 'tokens': stop "
-        "once the selected documents hold >= budget tokens (see token_counter).",
-    )
-    token_counter: Literal["whitespace", "bytes", "bytes4"] = Field(
-        "whitespace",
-        description="Tokens of a text for a tokens budget: 'whitespace' = whitespace-separated words, 'bytes' = "
-        "UTF-8 bytes (the byte-level probe's unit: subsets of equal bytes), 'bytes4' = ceil(UTF-8 bytes / 4). A "
-        "callable passed to zip_select overrides it.",
-    )
     zstd_level: int = Field(
         9, ge=1, le=22, description="zstd mode: level of the marginal-cost compressions (9: good matches, fast)."
     )
@@ -137,7 +176,7 @@ class ZipConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _stage_sizes(self) -> ZipConfig:
+    def _stage_sizes(self) -> ZipOptions:
         if not self.k3 <= self.k2 <= self.k1:
             raise ValueError(
                 f"zip: need k3 <= k2 <= k1, got k1={self.k1}, k2={self.k2}, k3={self.k3}; "
@@ -145,6 +184,20 @@ class ZipConfig(_Strict):
                 "raise k1/k2 or lower k2/k3"
             )
         return self
+
+
+class ZipConfig(ZipOptions, Budget):
+    """ZIP's settings with its budget: what `selectflow.select.zip.zip_select` takes (a token counter passed to it
+    overrides token_counter)."""
+
+
+class ZipSelector(ZipOptions, SelectorOptions):
+    method: Literal["zip"] = "zip"
+
+    def budget_taken(self, budget: Budget) -> Budget:
+        if budget.budget_unit == "tokens":
+            return budget
+        return budget.model_copy(update={"budget": math.ceil(budget.budget / self.k3) * self.k3})  # whole rounds
 
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -241,15 +294,10 @@ class InfluenceConfig(_Strict):
     seed: int = Field(0, description="Seed of projections and curvature samples.")
 
 
-class QuadConfig(_Strict):
+class QuadOptions(_Strict):
     """QUAD: a bandit over clusters, scoring a few documents per pulled cluster by influence."""
 
     bandit: Literal["ucb", "exp3"] = Field("ucb", description="'ucb' as published; 'exp3' as in LEAD.")
-    budget: int = Field(1000, ge=1, description="How much to select, in budget_unit.")
-    budget_unit: Literal["docs", "tokens"] = Field("docs", description="Budget in documents or tokens.")
-    token_counter: Literal["whitespace", "bytes", "bytes4"] = Field(
-        "whitespace", description="Tokens of a text for a tokens budget (as in ZIP)."
-    )
     alpha: float = Field(1e-4, ge=0.0, description="UCB exploration weight (paper: 1e-4).")
     pulls_per_round: int = Field(8, ge=1, description="Clusters pulled per round (paper: 50 of ~10,000).")
     samples_per_pull: int = Field(4, ge=1, description="Documents scored per pulled cluster (paper: 10).")
@@ -266,23 +314,70 @@ class QuadConfig(_Strict):
     seed: int = Field(0, description="Seed of document sampling and EXP3.")
 
 
-class SelectionConfig(_Strict):
-    selector: Literal["zip", "quad", "both", "none"] = Field(
-        "zip",
-        description="'zip': ZIP greedy compression; 'quad': QUAD bandit over clusters with influence; 'both': run "
-        "both side by side; 'none': stop after dedup.",
+class QuadConfig(QuadOptions, Budget):
+    """QUAD's settings with its budget: what `selectflow.select.quad.quad_select` takes."""
+
+
+class QuadSelector(QuadOptions, SelectorOptions):
+    method: Literal["quad"] = "quad"
+    needs_influence: ClassVar[bool] = True
+
+
+class RandomSelector(SelectorOptions):
+    """The random baseline: a uniform sample of the pool."""
+
+    method: Literal["random"] = "random"
+    seed: int = Field(0, description="Seed of the uniform sample.")
+
+
+class TopkSelector(SelectorOptions):
+    """The top-k baseline: the highest influence among `candidates` scored documents (scoring is the cost: every
+    candidate runs the influence model)."""
+
+    method: Literal["topk"] = "topk"
+    candidates: int | None = Field(None, ge=1, description="Documents scored (a seeded uniform sample). Unset: all.")
+    seed: int = Field(0, description="Seed of the candidate sample.")
+    needs_influence: ClassVar[bool] = True
+
+
+BuiltinSelector = Annotated[ZipSelector | QuadSelector | RandomSelector | TopkSelector, Field(discriminator="method")]
+
+
+class SelectionConfig(Budget):
+    """The selectors and baselines, side by side over the same deduplicated pool, under one budget."""
+
+    selectors: list[Annotated[BuiltinSelector | SerializeAsAny[SelectorOptions], Field(union_mode="left_to_right")]] = Field(
+        default_factory=lambda: [ZipSelector(), RandomSelector()],
+        description="Each with its own settings, by method: 'zip' (ZIP greedy compression), 'quad' (QUAD bandit over "
+        "clusters with influence), and the baselines 'random' (uniform) and 'topk' (highest influence); a selector "
+        "registered by another module takes its own method. Empty: stop after dedup.",
     )
-    zip: ZipConfig = Field(default_factory=ZipConfig)
-    quad: QuadConfig = Field(default_factory=QuadConfig)
-    baselines: list[Literal["random", "topk"]] = Field(
-        ["random"],
-        description="Comparison subsets under the same budget: 'random' (uniform), 'topk' (highest influence among "
-        "topk_candidates scored documents).",
-    )
-    topk_candidates: int | None = Field(
-        None, ge=1, description="topk: documents scored (a seeded uniform sample). Unset: the whole pool."
-    )
-    seed: int = Field(0, description="Seed of the random baseline and of the top-k candidate sample.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data):
+        if isinstance(data, dict) and (old := sorted({"selector", "baselines", "zip", "quad", "topk_candidates",
+                                                      "seed"} & set(data))):
+            raise ValueError(
+                f"{', '.join(old)}: replaced by one budget (budget, budget_unit, token_counter) and the list "
+                "selectors, each with its method and settings, e.g. selectors: [{method: zip, k3: 100}, {method: "
+                "quad}, {method: random}] (see selectflow/data/sample.yaml)")
+        return data
+
+    @field_validator("selectors", mode="before")
+    @classmethod
+    def _registered_options(cls, value):
+        from selectflow.stages.base import selector_options  # late: the stage registry imports this module
+
+        return _registered(value, selector_options, "selectors")
+
+    @property
+    def methods(self) -> list[str]:
+        return [selector.method for selector in self.selectors]
+
+    @property
+    def budget_of(self) -> Budget:
+        return Budget(**self.budget_fields())
 
 
 class ProbeModelConfig(_Strict):
@@ -304,14 +399,11 @@ class ProbeModelConfig(_Strict):
         return self
 
 
-ProbeSubset = Literal["zip", "quad", "random", "topk", "full"]
-
-
 class ProbeConfig(_Strict):
     """Short training runs of a small causal LM on each subset: equal bytes, one epoch, paired seeds."""
 
     enabled: bool = Field(True, description="Train probe models on each compared subset.")
-    subsets: list[ProbeSubset] | None = Field(
+    subsets: list[str] | None = Field(
         None,
         description="Subsets to compare. Unset: every selected subset + the baselines. 'full' adds a fresh uniform "
         "sample of the deduplicated pool per seed (what the random baseline measures, redrawn every seed).",
@@ -441,18 +533,25 @@ class TrackingConfig(_Strict):
 
 
 class CurateConfig(_Strict):
-    """Everything `curate` needs. Load with `load_config(path)`."""
+    """A curate run: the corpus to read (ingest), the target set (reference), how duplicates and filters thin it,
+    the selectors and their shared budget (selection), and how the subsets are judged (probe, risk). The other
+    sections tune the machinery; their defaults suit a first run."""
 
     workspace: Path = Field(
         Path("selectflow-workspace"), validate_default=True, description="Artifact store, runs, MLflow and logs."
     )
     run_name: str | None = Field(None, description="Human name for this run (MLflow run name).")
     ingest: IngestConfig
+    filters: list[SerializeAsAny[FilterOptions]] = Field(
+        [],
+        description="Document filters registered by other modules, each with its settings, by method: run on every "
+        "shard before exact dedup, in the order their stages are registered; what each drops is recorded with why.",
+    )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     reference: list[InputSpec] = Field(
         [],
         description="The target set: influence is measured on its loss and probes report held-out loss on it "
-        "(the sample ships one). Needed by selector quad/both.",
+        "(the sample ships one). Needed by selectors that score influence (quad, topk).",
     )
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
@@ -464,6 +563,13 @@ class CurateConfig(_Strict):
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed shard task.")
     retry_delay_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles on each retry.")
 
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _registered_filters(cls, value):
+        from selectflow.stages.base import filter_options  # late: the stage registry imports this module
+
+        return _registered(value, filter_options, "filters")
+
     @field_validator("workspace")
     @classmethod
     def _absolute_workspace(cls, value: Path) -> Path:
@@ -472,28 +578,57 @@ class CurateConfig(_Strict):
     @model_validator(mode="after")
     def _reference_for_influence(self) -> CurateConfig:
         if self.needs_influence and not self.reference:
+            scoring = [s.method for s in self.selection.selectors if s.needs_influence]
             raise ValueError(
-                f"reference: selector '{self.selection.selector}' with baselines {self.selection.baselines} scores "
-                "influence on a reference (target) set, and none is given; add `reference: [{path: ...}]` (the "
-                "sample ships selectflow/data/sample/reference.jsonl.zst) or use selector 'zip' without 'topk'"
+                f"reference: selectors {scoring} score influence on a reference (target) set, and none is given; add "
+                "`reference: [{path: ...}]` (the sample ships selectflow/data/sample/reference.jsonl.zst) or remove "
+                "them from selection.selectors"
             )
         if self.needs_probes and not self.reference:
             raise ValueError(
                 "reference: probes report held-out loss on the reference (target) set, and none is given; add "
                 "`reference: [{path: ...}]` or set probe.enabled: false"
             )
+        if self.needs_probes and self.probe.subsets is not None:
+            known = [*self.selection.methods, "full"]
+            if unknown := [name for name in self.probe.subsets if name not in known]:
+                raise ValueError(f"probe.subsets: {unknown} not produced by this run (it produces {known}); change "
+                                 "probe.subsets or selection.selectors")
         return self
 
     @property
+    def selecting(self) -> bool:
+        return bool(self.selection.selectors)
+
+    @property
     def needs_probes(self) -> bool:
-        return self.probe.enabled and self.selection.selector != "none"
+        return self.probe.enabled and self.selecting
 
     @property
     def needs_influence(self) -> bool:
-        selection = self.selection
-        if selection.selector == "none":
-            return False
-        return selection.selector in ("quad", "both") or "topk" in selection.baselines
+        return any(selector.needs_influence for selector in self.selection.selectors)
+
+
+def _registered(items, options_of, where: str):
+    """Config entries as the options models of their registered stages (`options_of(entry)`), each entry's problems
+    in one line; one entry per method."""
+    if not isinstance(items, list):
+        return items
+    found = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            found.append(item)
+            continue
+        try:
+            found.append(options_of(item))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{where}[{index}] ({item.get('method')}): {problems}") from None
+    methods = [getattr(options, "method", None) for options in found]
+    if twice := sorted({m for m in methods if m is not None and methods.count(m) > 1}):
+        raise ValueError(f"{where} {twice} are listed more than once; each method runs once (a selector's subset is "
+                         "named after it): keep one entry per method")
+    return found
 
 
 class ConfigError(ValueError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
+import threading
 from pathlib import Path
 
 from selectflow.store import file_sha256, source_version
@@ -88,6 +90,28 @@ def closure_fingerprint(module: str, root: Path = PACKAGE_ROOT) -> str:
 def code_fingerprint(module: str) -> str:
     """The code version a stage module keys its artifacts on (computed once per process)."""
     return closure_fingerprint(module)
+
+
+def module_fingerprint(module: str) -> str:
+    """`code_fingerprint` for any importable module: one outside this package (a stage registered by a user's
+    module) counts its own source and the closure of the selectflow modules it imports. Safe from task threads."""
+    with _PARSING:  # Python 3.11's ast.parse is not safe in concurrent threads
+        return _module_fingerprint(module)
+
+
+_PARSING = threading.Lock()
+
+
+@functools.cache
+def _module_fingerprint(module: str) -> str:
+    if module.split(".")[0] == PACKAGE:
+        return code_fingerprint(module)
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        raise ValueError(f"code fingerprint: {module!r} is not an importable Python source module")
+    path = Path(spec.origin)
+    closure = {file for name in imported_names(path, module) for file in import_closure(name).values()}
+    return source_version([path, *sorted(closure)])
 
 
 def files_fingerprint(path: str | Path) -> str:

@@ -9,12 +9,13 @@ from pathlib import Path
 import fsspec
 import pyarrow.parquet as pq
 
-from selectflow.config import ConfigError, CurateConfig, IngestConfig, SelectionConfig
+from selectflow.config import ConfigError, CurateConfig, IngestConfig, SelectionConfig, ZipConfig, ZipSelector
 from selectflow.devices import smollm2_folder
 from selectflow.ingest import InputFile, plan_inputs
 from selectflow.ingest.sources import compression_of
 from selectflow.select.baselines import BudgetError, check_budget
 from selectflow.select.zip import ZipError, check_pool_size
+from selectflow.stages.selection import budgets_by_method
 
 # Inputs up to this size are counted before the run (an upper bound on the pool, for budget checks); larger ones are
 # checked once deduplicated, still before any selector starts. Counting reads the inputs once more (~0.5 s/100 MB).
@@ -28,7 +29,7 @@ def preflight(config: CurateConfig) -> None:
         if inputs and (name == "reference" or config.needs_probes):
             plan_inputs(IngestConfig(inputs=inputs))
     check_models(config)
-    if config.selection.selector != "none" and sum(f.size for f in files) <= COUNT_INPUT_BYTES:
+    if config.selecting and sum(f.size for f in files) <= COUNT_INPUT_BYTES:
         try:
             records = sum(record_upper_bound(f) for f in files)
         except Exception:  # noqa: BLE001  a broken stream is ingest's to quarantine and report, not ours
@@ -42,10 +43,14 @@ def preflight(config: CurateConfig) -> None:
 def check_docs_budgets(cfg: SelectionConfig, n_docs: int) -> None:
     """Budgets counted in documents that a pool of `n_docs` cannot meet (tokens budgets are checked by the selectors,
     which count the tokens)."""
-    if cfg.selector in ("zip", "both") and cfg.zip.budget_unit == "docs":
-        check_pool_size(cfg.zip, n_docs, None)
-    if cfg.selector in ("quad", "both") and cfg.quad.budget_unit == "docs":
-        check_budget(n_docs, None, cfg.quad.budget, "docs", "quad")
+    if cfg.budget_unit != "docs":
+        return
+    budgets = budgets_by_method(cfg)
+    for options in cfg.selectors:
+        if isinstance(options, ZipSelector):  # whole rounds, each needing k1 >= k2 >= k3 candidates
+            check_pool_size(ZipConfig(**options.model_dump(exclude={"method"}), **cfg.budget_fields()), n_docs, None)
+        else:
+            check_budget(n_docs, None, budgets[options.method].budget, "docs", options.method)
 
 
 def check_models(config: CurateConfig) -> None:
@@ -54,8 +59,7 @@ def check_models(config: CurateConfig) -> None:
              "influence.model_path": config.influence.model_path,
              "probe.tokenizer_path": config.probe.tokenizer_path,
              "probe.init_checkpoint": config.probe.init_checkpoint}
-    used = {"cluster.embedding.model_path": config.selection.selector != "none"
-            and config.cluster.embedding.method == "minilm",
+    used = {"cluster.embedding.model_path": config.selecting and config.cluster.embedding.method == "minilm",
             "influence.model_path": config.needs_influence,
             "probe.tokenizer_path": config.needs_probes and config.probe.tokenizer == "hf",
             "probe.init_checkpoint": config.needs_probes}

@@ -124,7 +124,7 @@ def check_against_reference(
     if random is None:
         return RiskVerdict(INSUFFICIENT, "reference", "No random subset was probed, so the candidate's compression "
                            "ratio and first-epoch loss have nothing to be compared with; add 'random' to "
-                           "selection.baselines and probe.subsets.", {"R": candidate.R})
+                           "selection.selectors and probe.subsets.", {"R": candidate.R})
     seeds = sorted(set(candidate.L) & set(random.L))
     dL = t_interval([candidate.L[s] - random.L[s] for s in seeds], confidence)
     dR = candidate.R - random.R

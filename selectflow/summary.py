@@ -42,18 +42,24 @@ def _work_seconds(refs: list[ArtifactRef]) -> float:
     return round(sum(ref.manifest().get("seconds", 0.0) for ref in refs), 2)
 
 
+COUNTS = ("docs_in", "docs_out", "dropped")
+
+
+def counts(refs: list[ArtifactRef]) -> dict[str, int]:
+    """docs_in / docs_out / dropped summed over a deciding stage's artifacts."""
+    stats = [ref.manifest()["stats"] for ref in refs]
+    return {key: sum(s[key] for s in stats) for key in COUNTS}
+
+
 def stage_row(run: RunRecord, stage: Stage) -> dict | None:
     """A stage's row of the run's stage table (None when the run has no artifact of it): documents in, out and
     dropped for the stages that decide about documents (summed over their artifacts), and the seconds of work."""
     refs = stage.refs(run)
     if not refs:
         return None
-    counts = {key: None for key in ("docs_in", "docs_out", "dropped")}
-    if stage.kind in DECIDING:
-        stats = [ref.manifest()["stats"] for ref in refs]
-        counts = {key: sum(s[key] for s in stats) for key in counts}
+    decided = counts(refs) if stage.kind in DECIDING else dict.fromkeys(COUNTS)
     seconds = _work_seconds(refs + [ref for name in stage.work_of for ref in run.refs(name)])
-    return {"stage": stage.name, **counts, "work_s": seconds}
+    return {"stage": stage.name, **decided, "work_s": seconds}
 
 
 def run_summary(run: RunRecord, store: ArtifactStore, outputs: dict[str, Path]) -> dict:

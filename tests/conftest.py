@@ -85,7 +85,8 @@ def write_config(path: Path, inputs: list[dict], workspace: Path, **extra) -> Pa
     config = {"workspace": str(workspace), "ingest": {"inputs": inputs, "shard_rows": 200},
               "dask": {"n_workers": 2, "processes": False}, "retry_delay_seconds": 0.1,
               "tracking": {"tracking_uri": SHARED_MLFLOW},
-              "selection": {"zip": {"k1": 400, "k2": 50, "k3": 25, "budget": 150}},
+              "selection": {"budget": 150, "selectors": [{"method": "zip", "k1": 400, "k2": 50, "k3": 25},
+                                                        {"method": "random"}]},
               "cluster": {"k": 8, "embedding": {"method": "tfidf", "dim": 32}},
               "probe": {"enabled": False}}
     Path(SHARED_MLFLOW.removeprefix("sqlite:///")).parent.mkdir(exist_ok=True)

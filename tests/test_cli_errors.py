@@ -91,7 +91,7 @@ def test_budget_larger_than_the_inputs(tmp_path, small_corpus):
     workspace = tmp_path / "ws"
     config = small_config(tmp_path / "c.yaml", small_corpus, workspace)
     records_in = sum(p.read_bytes().count(b"\n") for p in sorted(small_corpus.glob("part-0[0-3].jsonl")))
-    result, took = run_fails(tmp_path, config, "--set", "selection.zip.budget=100000")
+    result, took = run_fails(tmp_path, config, "--set", "selection.budget=100000")
     line = assert_one_line_error(result, "budget of 100000 docs", f"the inputs hold at most {records_in} records")
     assert "zip" in line
     assert took < QUICK_S, took
@@ -99,7 +99,7 @@ def test_budget_larger_than_the_inputs(tmp_path, small_corpus):
 
 
 @pytest.mark.parametrize("setting", [
-    ("influence.model_path", ["selection.selector=quad"]),
+    ("influence.model_path", ["selection.selectors=[{method: quad}]"]),
     ("cluster.embedding.model_path", ["cluster.embedding.method=minilm"]),
 ], ids=["influence", "embedding"])
 def test_missing_model_path(tmp_path, small_corpus, setting):
@@ -221,7 +221,7 @@ def test_budget_the_deduplicated_pool_cannot_meet(tmp_path, small_corpus):
     inputs = [{"path": str(small_corpus / "part-00.jsonl")}, {"path": str(small_corpus / "bad.jsonl")}]
     lines = sum((small_corpus / name).read_bytes().count(b"\n") for name in ("part-00.jsonl", "bad.jsonl"))
     config = write_config(tmp_path / "c.yaml", inputs, workspace,
-                          selection={"selector": "zip", "zip": {"k1": 1, "k2": 1, "k3": 1, "budget": lines}})
+                          selection={"budget": lines, "selectors": [{"method": "zip", "k1": 1, "k2": 1, "k3": 1}]})
     run = CliRun(config, workspace, tmp_path)
     assert run.wait() == 2, run.output()[-4000:]
     err = run.err.read_text()

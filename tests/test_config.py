@@ -45,8 +45,9 @@ def test_probe_defaults_and_hf_only_options(tmp_path):
 
 def test_selectors_that_score_influence_need_a_reference_set(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nprobe: {enabled: false}\nselection: {selector: quad}\n")
-    with pytest.raises(ConfigError, match="reference: selector 'quad'.*add `reference"):
+    path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nprobe: {enabled: false}\n"
+                    "selection: {selectors: [{method: quad}]}\n")
+    with pytest.raises(ConfigError, match=r"reference: selectors \['quad'\].*add `reference"):
         load_config(path)
     path.write_text("ingest: {inputs: [{path: data.jsonl}]}\n")
     with pytest.raises(ConfigError, match="probes report held-out loss on the reference"):

@@ -199,7 +199,7 @@ def test_curate_sample_corpus_as_shipped(prefect_harness, tmp_path):
 
 def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_path, pinned_small_corpus, tiny_lm,
                                                            monkeypatch):
-    """selector 'both' with both baselines: clusters, influence, QUAD, probes, risk verdict, report, lineage."""
+    """ZIP, QUAD and both baselines: clusters, influence, QUAD, probes, risk verdict, report, lineage."""
     import mlflow
 
     from selectflow.flows.curate import curate
@@ -208,11 +208,11 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
         tmp_path / "c.yaml", [{"path": str(pinned_small_corpus / "part-0[0-5].jsonl")}], tmp_path / "ws",
         reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
         influence={"model_path": str(tiny_lm), "max_tokens": 64, "max_chunks": 1, "curvature_samples": 16},
-        selection={"selector": "both", "baselines": ["random", "topk"], "topk_candidates": 60,
-                   "zip": {"k1": 200, "k2": 40, "k3": 20, "budget": 60},
-                   # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
-                   "quad": {"budget": 60, "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10,
-                            "threshold": -1.0}},
+        selection={"budget": 60, "selectors": [
+            {"method": "zip", "k1": 200, "k2": 40, "k3": 20},
+            # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
+            {"method": "quad", "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10, "threshold": -1.0},
+            {"method": "random"}, {"method": "topk", "candidates": 60}]},
         probe={"subsets": ["zip", "quad", "random", "topk", "full"],  # 'full' only on request
                "tokenizer": "bytes", "tokens": 4096, "seeds": 2, "batch_size": 4, "evals": 4, "eval_tokens": 512,
                "model": {"hidden": 32, "intermediate": 64, "seq_len": 64},

@@ -145,7 +145,7 @@ def test_selectflow_serve_takes_triggered_runs(tmp_path, small_corpus):
             defaults = deployment["parameters"]["config"]
             assert defaults["ingest"]["inputs"][0]["path"].endswith("part-0[0-3].jsonl")
             override = json.loads(json.dumps(defaults))
-            override["selection"]["zip"]["budget"] = 50  # a per-run override, as from the UI form
+            override["selection"]["budget"] = 50  # a per-run override, as from the UI form
             run = api_call(api, f"/deployments/{deployment['id']}/create_flow_run",
                            {"parameters": {"config": override}})
             finished = wait_for_run(api, run["id"])

@@ -30,7 +30,7 @@ from tests.conftest import SHARED_MLFLOW, write_config
 
 CLI = [sys.executable, "-m", "selectflow.cli"]
 # A small but complete run: 4 input files (real text, with exact and near duplicates), tfidf clusters, ZIP + random.
-SMALL_SELECTION = {"selector": "zip", "baselines": ["random"], "zip": {"k1": 100, "k2": 20, "k3": 10, "budget": 40}}
+SMALL_SELECTION = {"budget": 40, "selectors": [{"method": "zip", "k1": 100, "k2": 20, "k3": 10}, {"method": "random"}]}
 SMALL_CLUSTER = {"k": 4, "embedding": {"method": "tfidf", "dim": 32}}
 RESULT_STAGES = ("deduped", "select_zip", "select_random")
 # Every stage that leaves an artifact in a zip + tfidf run (embedding_basis is the tfidf basis the embeddings share).
@@ -430,7 +430,7 @@ def test_failed_run_pickles_nothing_and_fails_before_selection(prefect_harness, 
     workspace = tmp_path / "ws"
     config = load_config(write_config(
         tmp_path / "c.yaml", inputs, workspace, cluster=SMALL_CLUSTER,
-        selection={"selector": "zip", "zip": {"k1": 1, "k2": 1, "k3": 1, "budget": lines}}))
+        selection={"budget": lines, "selectors": [{"method": "zip", "k1": 1, "k2": 1, "k3": 1}]}))
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: workspace / "prefect" / "storage"}), \
             pytest.raises(ZipError, match=f"a budget of {lines} docs"):
         curate(config)

@@ -298,18 +298,21 @@ class TopicScorer:
 
 
 def test_stages_quad_random_topk(clustered_pool, monkeypatch):
-    from selectflow.config import InfluenceConfig
+    from selectflow.config import Budget, InfluenceConfig, QuadSelector, RandomSelector, TopkSelector
     from selectflow.schema import DOCS
     from selectflow.stages import select_quad as stages
+    from selectflow.stages.selection import SelectionContext
     from selectflow.store import ArtifactRef
 
     store, pool, cluster_ref, cluster_cfg = clustered_pool
     scorer = TopicScorer()
     monkeypatch.setattr(stages, "_load_scorer", lambda ref, cfg: scorer)
     influence_ref = ArtifactRef("influence_reference", "fake", str(store.root / "nowhere"))
-    cfg = QuadConfig(budget=40, block_size=10, pulls_per_round=2, samples_per_pull=3)
+    budget = Budget(budget=40)
+    context = SelectionContext(cluster_ref, influence_ref, InfluenceConfig())
+    quad = QuadSelector(block_size=10, pulls_per_round=2, samples_per_pull=3)
     rounds_seen = []
-    ref = stages.select_quad_stage(store, pool, cluster_ref, influence_ref, cfg, InfluenceConfig(),
+    ref = stages.select_quad_stage(store, pool, budget, quad, context,
                                    progress=lambda rnd, record: rounds_seen.append(round_metrics(record)))
 
     stats = ref.manifest()["stats"]
@@ -334,13 +337,13 @@ def test_stages_quad_random_topk(clustered_pool, monkeypatch):
     assert rounds_seen[-1]["quad_selected_docs"] == 40.0 and rounds_seen[0]["quad_pulled"] == 2.0
     assert rounds_seen[0]["quad_ucb_max"] == 0.0 and rounds_seen[-1]["quad_scored_docs"] == stats["scored_docs"]
 
-    random_ref = stages.select_random_stage(store, pool, cluster_ref, cfg, seed=0)
+    random_ref = stages.select_random_stage(store, pool, budget, RandomSelector(), context)
     assert random_ref.manifest()["stats"]["docs_out"] == 40 and random_ref.rows("decisions") == 240
-    topk_ref = stages.select_topk_stage(store, pool, cluster_ref, influence_ref, cfg, InfluenceConfig(), None, seed=0)
+    topk_ref = stages.select_topk_stage(store, pool, budget, TopkSelector(), context)
     topk_docs = topk_ref.read("docs")
     assert topk_docs.num_rows == 40 and set(topk_docs["domain"].to_pylist()) == {GOOD_TOPIC}
     assert topk_ref.manifest()["stats"]["scored_docs"] == 240 > 2 * stats["scored_docs"]
-    sampled_ref = stages.select_topk_stage(store, pool, cluster_ref, influence_ref, cfg, InfluenceConfig(), 100, 0)
+    sampled_ref = stages.select_topk_stage(store, pool, budget, TopkSelector(candidates=100), context)
     sampled = sampled_ref.read("decisions").to_pylist()
     assert sampled_ref.manifest()["stats"]["scored_docs"] == 100 == sum(d["score"] is not None for d in sampled)
     assert sum(d["decision"] == "selected" for d in sampled) == 40

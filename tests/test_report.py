@@ -116,7 +116,7 @@ def realistic_report(k: int = 64, n_rounds: int = 20, zip_rounds: int = 10, hist
         run_name="sample run",
         created_at=datetime(2026, 11, 21, 22, 30, tzinfo=timezone.utc),
         code_version="0a1b2c3d4e5f",
-        config={"selector": "both", "zip.budget": 1000, "quad.budget": 1000, "cluster.k": k,
+        config={"selectors": "zip, quad, random", "budget": "1000 docs", "cluster.k": k,
                 "influence.model": "SmolLM2-135M-Instruct", "embedding": "all-MiniLM-L6-v2"},
         subsets=SUBSETS,
         funnel=[FunnelStep(stage="ingest", docs_in=14000, docs_out=13800, work_s=4.2),
@@ -176,7 +176,7 @@ def probe_results(names: list[str], rng) -> Probes:
     return Probes(budget_tokens=1_048_576, seeds=SEEDS, confidence=0.95, speed_level=2.1, subsets=subsets,
                   differences=differences if "random" in names else [],
                   notes=[] if "random" in names else ["no 'random' subset was probed: no paired differences (add "
-                                                      "it to selection.baselines)"])
+                                                      "it to selection.selectors)"])
 
 
 def zip_only_first_run() -> RunReport:
@@ -184,7 +184,7 @@ def zip_only_first_run() -> RunReport:
     full = realistic_report()
     return RunReport(
         run_id="first-run",
-        config={"selector": "zip"},
+        config={"selectors": "zip"},
         funnel=full.funnel[:3] + [full.funnel[4]],
         zip=full.zip,
         probes=probe_results(["zip"], np.random.default_rng(1)),
@@ -253,7 +253,7 @@ def test_missing_parts_show_notes_instead_of_plots(partial_html):
     for key in ("clusters", "domains", "bandit"):
         section = _section_html(html, key)
         assert "<img" not in section and 'class="note"' in section, key
-    assert "selector: zip" in _section_html(html, "bandit")
+    assert "selectors: zip" in _section_html(html, "bandit")
     risk = _section_html(html, "risk")
     assert "No fit yet: the history holds 0 earlier run(s). The fit needs at least 5 earlier runs." in risk
     assert risk.count("<img") == 1, "insufficient history: the scatter still shows this run"

@@ -85,3 +85,20 @@ def test_the_generic_task_runs_any_stage_function(prefect_harness, tmp_path):
     first, second = toy_flow()
     assert first.manifest()["stats"] == {"docs_in": 2, "docs_out": 1, "dropped": 1, "given_a_logger": True}
     assert second.read("decisions")["decision"].to_pylist() == ["kept"]
+
+
+def test_baselines_get_the_budget_the_selectors_take():
+    from selectflow.config import SelectionConfig
+    from selectflow.stages.selection import budgets_by_method
+
+    zip_only = SelectionConfig(budget=150, selectors=[{"method": "zip", "k1": 400, "k2": 50, "k3": 40},
+                                                      {"method": "random"}])
+    budgets = budgets_by_method(zip_only)
+    assert budgets["zip"].budget == 150 and budgets["random"].budget == 160  # ZIP picks whole rounds of k3
+    both = zip_only.model_copy(update={"selectors": [*zip_only.selectors, *SelectionConfig(
+        selectors=[{"method": "quad"}, {"method": "topk"}]).selectors]})
+    assert {method: b.budget for method, b in budgets_by_method(both).items()} == {
+        "zip": 150, "quad": 150, "random": 150, "topk": 150}
+    tokens = SelectionConfig(budget=4096, budget_unit="tokens", selectors=[{"method": "zip"}, {"method": "random"}])
+    assert budgets_by_method(tokens)["random"] == tokens.budget_of  # a tokens budget is met, not rounded
+    assert [s.method for s in SelectionConfig(selectors=[]).selectors] == []

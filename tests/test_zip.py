@@ -229,18 +229,22 @@ def test_damaged_or_foreign_checkpoint_is_ignored_with_a_warning(docs, tmp_path,
 
 
 def test_killed_stage_resumes_and_commit_removes_its_checkpoint(docs, tmp_path):
+    from selectflow.config import Budget, ZipSelector
     from selectflow.stages.select_zip import zip_stage
+    from selectflow.stages.selection import SelectionContext
     from selectflow.store import ArtifactStore
 
     store = ArtifactStore(tmp_path)
     pool = [store.build("pool", {}, [], "test", lambda writer: writer.write("docs", docs))]
     cfg = RESUME_CONFIGS[0]
+    budget = Budget(**cfg.budget_fields())
+    options = ZipSelector(**cfg.model_dump(exclude=set(Budget.model_fields)))
     with pytest.raises(Killed):
-        zip_stage(store, pool, cfg, progress=_kill_after(2))
+        zip_stage(store, pool, budget, options, SelectionContext(), progress=_kill_after(2))
     checkpoints = store.root / "checkpoints" / "select_zip"
     assert len(list(checkpoints.glob(f"*/{ZipCheckpoint.FILE}"))) == 1
     ran = []
-    ref = zip_stage(store, pool, cfg, progress=lambda done, info: ran.append(done))
+    ref = zip_stage(store, pool, budget, options, SelectionContext(), progress=lambda done, info: ran.append(done))
     stats = ref.manifest()["stats"]
     assert stats["resumed_from_round"] == 2 and stats["rounds"] == 5 and ran == [3, 4, 5]
     assert ref.read("docs")["doc_id"].to_pylist() == zip_select(docs, cfg).selected

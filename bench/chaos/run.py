@@ -65,7 +65,7 @@ def build_data(data: Path) -> None:
 
 def full_config(data: Path, workspace: Path) -> dict:
     """Every stage on: ingest (6 files of 200 documents + a file of bad records, one shard each), exact + near dedup, tfidf clusters, influence on
-    the tiny LM, selector both (ZIP: 12 rounds of k3=10) + random baseline, probes of 4 subsets x 2 seeds, the
+    the tiny LM, ZIP (12 rounds of k3=10) + QUAD + the random baseline, probes of 4 subsets x 2 seeds, the
     risk check."""
     tiny = str(data / "tiny-lm")
     return {
@@ -78,11 +78,11 @@ def full_config(data: Path, workspace: Path) -> dict:
         "influence": {"model_path": tiny, "max_tokens": 32, "max_chunks": 1, "curvature_samples": 8,
                       "reference_samples": 16,
                       **({"projection_dim": PROJECTION_DIM} if PROJECTION_DIM else {})},
-        "selection": {"selector": "both", "baselines": ["random"],
-                      "zip": {"mode": "exact", "k1": 400, "k2": 40, "k3": 10, "budget": 120},
-                      # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
-                      "quad": {"budget": 120, "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10,
-                               "threshold": -1.0}},
+        "selection": {"budget": 120, "selectors": [
+            {"method": "zip", "mode": "exact", "k1": 400, "k2": 40, "k3": 10},
+            # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
+            {"method": "quad", "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10, "threshold": -1.0},
+            {"method": "random"}]},
         "probe": {"tokens": 512, "tokenizer": "hf", "tokenizer_path": tiny, "seeds": 2, "batch_size": 2,
                   "evals": 4, "eval_tokens": 128, "cpu_threads": 1, "model": {"hidden": 32, "heads": 4, "intermediate": 64, "seq_len": 32},
                   "unseen": [{"path": str(SAMPLE / "unseen.jsonl.zst")}]},
@@ -97,8 +97,8 @@ def repeat_config(data: Path, workspace: Path, shards: int, processes: bool, sel
         "dask": {"n_workers": 2, "threads_per_worker": 1, "processes": processes},
         "retry_delay_seconds": 0.1,
         "cluster": {"k": 2, "embedding": {"method": "tfidf", "dim": 8}},
-        "selection": {"selector": selector, "baselines": [],
-                      "zip": {"mode": "exact", "k1": 20, "k2": 10, "k3": 5, "budget": 10}},
+        "selection": {"budget": 10, "selectors": [] if selector == "none" else [
+            {"method": "zip", "mode": "exact", "k1": 20, "k2": 10, "k3": 5}]},
         "probe": {"enabled": False},
     }
 

@@ -45,11 +45,13 @@ cluster:
   embedding: {method: tfidf, dim: 128}
 influence: {max_tokens: 128, max_chunks: 1, curvature_samples: 32, reference_samples: 64}
 selection:
-  selector: both
-  baselines: [random]
-  zip: {mode: exact, k1: 10000, k2: 200, k3: 100, budget: 4400000, budget_unit: tokens, token_counter: bytes}
-  quad: {bandit: ucb, budget: 4400000, budget_unit: tokens, token_counter: bytes, pulls_per_round: 8,
-         samples_per_pull: 2, block_size: 50}
+  budget: 4400000
+  budget_unit: tokens
+  token_counter: bytes
+  selectors:
+    - {method: zip, mode: exact, k1: 10000, k2: 200, k3: 100}
+    - {method: quad, bandit: ucb, pulls_per_round: 8, samples_per_pull: 2, block_size: 50}
+    - {method: random}
 probe:
   enabled: false   # run.py --parts noise trains the probes (cached, at 1x and 4x)
 """

@@ -33,16 +33,16 @@ def _curate(config: CurateConfig) -> dict:
     files = plan_inputs(config.ingest)
     held_out = {name: (cfg, plan_inputs(cfg)) for name, cfg in held_out_sets(config).items()}
     retrying = {"retries": config.retries, "retry_delay_seconds": config.retry_delay_seconds}
-    selecting = config.selection.selector != "none"
     with dask_runner(config.dask) as runner, RunRecorder.open(config) as recorder:
         workspace = recorder.workspace
         ingested = ingest_corpus.with_options(task_runner=runner)(workspace, files, config.ingest, **retrying)
         recorder.ingested(ingested)
-        sets = submit_held_out(workspace, held_out, retrying) if selecting else {}  # read while dedup runs
+        sets = submit_held_out(workspace, held_out, retrying) if config.selecting else {}  # read while dedup runs
         pool = deduplicate.with_options(task_runner=runner)(
-            workspace, [shard for ref in ingested for shard in ref.shards("docs")], config.dedup, **retrying)
+            workspace, [shard for ref in ingested for shard in ref.shards("docs")], config.dedup, config.filters,
+            **retrying)
         recorder.deduplicated(pool)
-        if selecting:
+        if config.selecting:
             # A budget the deduplicated pool cannot meet fails here, in one line, before any selector starts.
             check_docs_budgets(config.selection, sum(ref.rows("docs") for ref in pool.deduped))
             sets = {name: [future.result() for future in futures] for name, futures in sets.items()}

@@ -66,7 +66,7 @@ def probe_subsets(
     names = cfg.subsets or list(subsets)
     if missing := [name for name in names if name not in subsets and name != "full"]:
         raise ValueError(f"probe.subsets names {missing}, which this run does not select (it has {list(subsets)}); "
-                         "change probe.subsets or selection.selector / selection.baselines")
+                         "change probe.subsets or selection.selectors")
     profiles = {name: subset_profile(subsets[name], cfg) for name in names if name != "full"}
     budget, notes = probe_budget(cfg, profiles)
     seeds = cfg.replicate_seeds

@@ -27,7 +27,7 @@ from selectflow.risk import (
 )
 from selectflow.runs import RunRecord, heartbeat, record_interrupted
 from selectflow.select.quad import round_metrics
-from selectflow.stages.base import Stage
+from selectflow.stages.base import Stage, stage_of_name
 from selectflow.stages.registry import (
     CLUSTER,
     DEDUPED,
@@ -93,6 +93,10 @@ class RunRecorder:
         self.stage(INGEST, refs, self.config.ingest.model_dump(mode="json"), summary.ingest_metrics(refs))
 
     def deduplicated(self, dedup: DedupResult) -> None:
+        options = {options.method: options for options in self.config.filters}
+        for name, refs in dedup.filtered.items():
+            stage = stage_of_name(name)
+            self.stage(stage, refs, options[stage.method].model_dump(), summary.counts(refs))
         self.stage(EXACT_DEDUP, [dedup.exact], self.config.dedup.exact.model_dump())
         self.stage(MINHASH, dedup.signatures)
         self.stage(NEAR_DEDUP, [dedup.near], self.config.dedup.near.model_dump(), logged=dedup.signatures)
@@ -110,9 +114,11 @@ class RunRecorder:
         if selection.influence is not None:
             self.stage(INFLUENCE, [selection.influence], self.config.influence.model_dump())
         self.subsets = selection.subsets
+        options = {selector.method: selector for selector in self.config.selection.selectors}
         for stage, ref in selection.subsets.items():
             self.stage(stage, [ref])
-            track_selection(self.tracker, stage, ref, self.config.selection.model_dump())
+            params = self.config.selection.budget_fields() | options[stage_of_name(stage).subset].model_dump()
+            track_selection(self.tracker, stage, ref, params)
 
     def probed(self, probes: ProbeRuns) -> None:
         """The probes' artifacts and MLflow runs, their comparison over seeds, and the risk check when enabled."""

@@ -205,6 +205,6 @@ def compare_probes(
     if len(budgets) > 1:
         all_notes.append(f"probes trained on different budgets {sorted(budgets)}: differences mix budget and data")
     if BASELINE not in stats:
-        all_notes.append(f"no '{BASELINE}' subset was probed: no paired differences (add it to selection.baselines)")
+        all_notes.append(f"no '{BASELINE}' subset was probed: no paired differences (add it to selection.selectors)")
     return ProbeComparison(max(budgets), seeds, confidence, epochs, metrics, differences, level, speed, verdicts,
                            all_notes)

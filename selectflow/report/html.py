@@ -278,15 +278,15 @@ def _domain_section(report: RunReport, names: list[str], colours: dict[str, str]
 
 
 def _missing_selector_note(report: RunReport, what: str, selector: str) -> str:
-    chosen = report.config.get("selector")
-    why = f" (selector: {chosen})" if chosen is not None else ""
+    chosen = report.config.get("selectors")
+    why = f" (selectors: {chosen})" if chosen is not None else ""
     return _note(f"No {what} in this run{why}: it appears when the {selector} selector runs.")
 
 
 def _bandit_section(report: RunReport, colours: dict[str, str]) -> str:
     bandit = report.bandit
     if bandit is None:
-        return _section("bandit", _missing_selector_note(report, "bandit rounds", "quad (or both)"))
+        return _section("bandit", _missing_selector_note(report, "bandit rounds", "quad"))
     pulls = [(c, r) for rnd in bandit.rounds for c, r in zip(rnd.pulled, rnd.rewards)]
     rewarded = sum(1 for _, r in pulls if r > 0)
     facts = [
@@ -306,7 +306,7 @@ def _bandit_section(report: RunReport, colours: dict[str, str]) -> str:
 def _zip_section(report: RunReport, colours: dict[str, str]) -> str:
     zip_ = report.zip
     if zip_ is None:
-        return _section("zip", _missing_selector_note(report, "ZIP rounds", "zip (or both)"))
+        return _section("zip", _missing_selector_note(report, "ZIP rounds", "zip"))
     first, last = zip_.rounds[0], zip_.rounds[-1]
     facts = [
         ("subset", zip_.subset),

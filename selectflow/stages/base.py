@@ -12,6 +12,8 @@ docs_in, docs_out, dropped.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -41,10 +43,36 @@ class Stage:
     row: bool = True  # a row of the run's stage table
     work_of: tuple[str, ...] = ()  # auxiliary stages whose work time counts in this stage's row
     per_subset: bool = False  # recorded once per subset, as '<name>_<subset>' (probes)
+    # A stage the config turns on declares its options model (whose `method` default names it in the config) and its
+    # function, "module:function". Selectors and baselines (options: `selectflow.config.SelectorOptions`, method =
+    # subset): function(store, pool, budget, options, context[, log]) -> ArtifactRef, see
+    # `selectflow.stages.selection`. Document filters (options: `selectflow.config.FilterOptions`):
+    # function(text, options) -> the reason to drop the document, or None to keep it, see
+    # `selectflow.stages.filters`. Named, not imported: the registry imports no stage module.
+    options: type | None = None
+    run: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.subset is None) == (self.kind in (Kind.SELECTOR, Kind.BASELINE)):
+        selecting = self.kind in (Kind.SELECTOR, Kind.BASELINE)
+        if (self.subset is None) == selecting:
             raise ValueError(f"stage {self.name!r}: selectors and baselines name their subset, other kinds do not")
+        if (self.options is None) != (self.run is None):
+            raise ValueError(f"stage {self.name!r}: a stage run from the config declares both options and run")
+        if selecting and self.options is not None and self.method != self.subset:
+            raise ValueError(f"stage {self.name!r}: its options' method ({self.method!r}) must be its subset "
+                             f"({self.subset!r})")
+
+    @property
+    def method(self) -> str | None:
+        """What a config entry names this stage by: its options' default `method`."""
+        return None if self.options is None else self.options.model_fields["method"].default
+
+    def function(self) -> Callable:
+        """The stage function named by `run`."""
+        module, _, name = (self.run or "").partition(":")
+        if not name:
+            raise ValueError(f"stage {self.name!r} declares no function to run (run='module:function')")
+        return getattr(importlib.import_module(module), name)
 
     def refs(self, run) -> list[ArtifactRef]:
         """This stage's artifacts in a run record (`selectflow.runs.RunRecord`)."""
@@ -66,11 +94,23 @@ class Stage:
 _REGISTRY: dict[str, Stage] = {}
 
 
-def register(stage: Stage) -> Stage:
-    """Declare a stage (again: only with the same declaration). Returns it, to be kept as the module's constant."""
-    known = _REGISTRY.setdefault(stage.name, stage)
-    if known != stage:
-        raise ValueError(f"stage {stage.name!r} is already registered as {known}; give the new stage another name")
+def register(stage: Stage, before: str | None = None) -> Stage:
+    """Declare a stage (again: only with the same declaration), at the end of the DAG order or `before` a registered
+    stage. Returns it, to be kept as the module's constant."""
+    _builtins()  # declared first: a stage registered elsewhere comes after them unless placed `before` one
+    known = _REGISTRY.get(stage.name)
+    if known is not None:
+        if known != stage:
+            raise ValueError(f"stage {stage.name!r} is already registered as {known}; give the new stage another name")
+        return stage
+    if stage.method is not None and any(other.method == stage.method for other in _REGISTRY.values()):
+        raise ValueError(f"stage {stage.name!r}: another stage is configured as method {stage.method!r}")
+    _REGISTRY[stage.name] = stage
+    if before is not None:
+        order = list(_REGISTRY)
+        order.insert(order.index(before), order.pop())
+        for name in order:
+            _REGISTRY[name] = _REGISTRY.pop(name)
     return stage
 
 
@@ -85,6 +125,40 @@ def stage_of_name(name: str) -> Stage:
     if name not in _REGISTRY:
         raise KeyError(f"no stage {name!r} is registered (known: {', '.join(_REGISTRY)})")
     return _REGISTRY[name]
+
+
+def selector_stage(method: str) -> Stage:
+    """The selector or baseline stage whose subset is `method`."""
+    return _configurable("selector", method, Kind.SELECTOR, Kind.BASELINE)
+
+
+def filter_stage(method: str) -> Stage:
+    """The document filter stage whose options' method is `method`."""
+    return _configurable("filter", method, Kind.FILTER)
+
+
+def selector_options(item: dict):
+    """A `selection.selectors` entry as its selector's options model (built-in or registered elsewhere)."""
+    return selector_stage(_method(item, "selector")).options.model_validate(item)
+
+
+def filter_options(item: dict):
+    """A `filters` entry as its filter's options model."""
+    return filter_stage(_method(item, "filter")).options.model_validate(item)
+
+
+def _method(item: dict, what: str) -> str:
+    if not isinstance(method := item.get("method"), str):
+        raise ValueError(f"every {what} needs a method, e.g. {{method: NAME}}")
+    return method
+
+
+def _configurable(what: str, method: str, *kinds: Kind) -> Stage:
+    found = {stage.method: stage for stage in stages(*kinds) if stage.options is not None}
+    if method not in found:
+        raise ValueError(f"no {what} {method!r} is registered (known: {', '.join(found) or 'none'}); import the "
+                         "module that registers it first (see README, 'Adding a stage')")
+    return found[method]
 
 
 def _builtins() -> None:

@@ -1,5 +1,6 @@
 """The built-in stages, in DAG order: the one place a stage is declared (see `selectflow.stages.base`)."""
 
+from selectflow.config import QuadSelector, RandomSelector, TopkSelector, ZipSelector
 from selectflow.stages.base import Kind, Stage, register
 
 INGEST = register(Stage("ingest", Kind.SOURCE))
@@ -11,9 +12,13 @@ EMBEDDING_BASIS = register(Stage("embedding_basis", Kind.AUXILIARY, row=False))
 EMBED = register(Stage("embed", Kind.AUXILIARY, row=False))
 CLUSTER = register(Stage("cluster", Kind.FILTER, work_of=(EMBED.name,)))
 INFLUENCE = register(Stage("influence_reference", Kind.AUXILIARY))
-ZIP = register(Stage("select_zip", Kind.SELECTOR, subset="zip"))
-QUAD = register(Stage("select_quad", Kind.SELECTOR, subset="quad"))
-RANDOM = register(Stage("select_random", Kind.BASELINE, subset="random"))
-TOPK = register(Stage("select_topk", Kind.BASELINE, subset="topk"))
+ZIP = register(Stage("select_zip", Kind.SELECTOR, subset="zip", options=ZipSelector,
+                     run="selectflow.stages.select_zip:zip_stage"))
+QUAD = register(Stage("select_quad", Kind.SELECTOR, subset="quad", options=QuadSelector,
+                      run="selectflow.stages.select_quad:select_quad_stage"))
+RANDOM = register(Stage("select_random", Kind.BASELINE, subset="random", options=RandomSelector,
+                        run="selectflow.stages.select_quad:select_random_stage"))
+TOPK = register(Stage("select_topk", Kind.BASELINE, subset="topk", options=TopkSelector,
+                      run="selectflow.stages.select_quad:select_topk_stage"))
 FULL_POOL_SAMPLE = register(Stage("probe_full_pool", Kind.AUXILIARY, row=False))
 PROBE = register(Stage("probe", Kind.AUXILIARY, per_subset=True))

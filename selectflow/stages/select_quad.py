@@ -12,14 +12,14 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from selectflow.config import InfluenceConfig, QuadConfig
+from selectflow.config import Budget, InfluenceConfig, QuadConfig, QuadSelector, RandomSelector, TopkSelector
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
 from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
 from selectflow.stages.registry import QUAD, RANDOM, TOPK
-from selectflow.stages.selection import Selection, build_selection
+from selectflow.stages.selection import Selection, SelectionContext, build_selection
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -50,8 +50,11 @@ def _load_scorer(influence_ref: ArtifactRef, cfg: InfluenceConfig):
     return load_scorer(influence_ref, cfg)
 
 
-def _budget_config(cfg: QuadConfig) -> dict:
-    return cfg.model_dump(include={"budget", "budget_unit", "token_counter"})
+def _needs(context: SelectionContext, method: str, clusters: bool = False) -> tuple[ArtifactRef, ArtifactRef]:
+    if context.influence is None or context.influence_cfg is None or (clusters and context.clusters is None):
+        raise ValueError(f"selector {method!r} needs the influence reference{' and the clusters' if clusters else ''} "
+                         "in its SelectionContext")
+    return context.clusters, context.influence
 
 
 # ----------------------------------------------------------------------------------------------- QUAD
@@ -115,20 +118,21 @@ def quad_decisions_table(doc_ids: list[str], result: QuadResult) -> pa.Table:
 def select_quad_stage(
     store: ArtifactStore,
     pool: list[ArtifactRef],
-    cluster_ref: ArtifactRef,
-    influence_ref: ArtifactRef,
-    cfg: QuadConfig,
-    influence_cfg: InfluenceConfig,
+    budget: Budget,
+    options: QuadSelector,
+    context: SelectionContext,
     d_max: float | None = None,
     progress: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
-    """QUAD over the clustered pool.
+    """QUAD over the clustered pool (`context.clusters`), scoring with `context.influence`.
 
     d_max: QUAD's neighbour distance; None takes the cluster artifact's `neighbour_distance` (the one its
     "neighbours" table was cut at), which is what it should be. progress(round, record) after every round; without
     it, `log` gets a line per round.
     """
+    cfg = QuadConfig(**options.model_dump(exclude={"method"}), **budget.budget_fields())
+    cluster_ref, influence_ref = _needs(context, "quad", clusters=True)
     if progress is None and log is not None:
         def progress(done: int, record: dict) -> None:
             rewarded = sum(reward > 0 for reward in record["rewards"])
@@ -142,7 +146,7 @@ def select_quad_stage(
         table = cluster_ref.read("neighbours")
         neighbours = neighbours_from_arrays(table["cluster"].to_numpy(), table["neighbour"].to_numpy(),
                                             table["distance"].to_numpy())
-        scorer = _load_scorer(influence_ref, influence_cfg)
+        scorer = _load_scorer(influence_ref, context.influence_cfg)
         threshold, calibration = cfg.threshold, 0
         if threshold is None:
             rng = np.random.default_rng(cfg.seed)
@@ -156,8 +160,8 @@ def select_quad_stage(
             raise QuadError(
                 f"QUAD selected nothing: it stopped ({result.stopped}) after {len(result.rounds)} rounds and "
                 f"{result.scored} scored documents (mean influence {np.nanmean(result.docs.influence):.2e}) without "
-                f"any pull's mean influence exceeding the threshold {threshold:.3g} (selection.quad.threshold); lower it, "
-                "or check that the reference set and influence.model_path fit this pool"
+                f"any pull's mean influence exceeding the threshold {threshold:.3g} (the quad selector's threshold); "
+                "lower it, or check that the reference set and influence.model_path fit this pool"
             )
         doc_ids = data.docs["doc_id"].to_pylist()
         stats = {"bandit": cfg.bandit, "threshold": threshold, "calibration_docs": calibration,
@@ -178,14 +182,14 @@ def select_quad_stage(
 # ----------------------------------------------------------------------------------------------- baselines
 
 
-def select_random_stage(
-    store: ArtifactStore, pool: list[ArtifactRef], cluster_ref: ArtifactRef | None, cfg: QuadConfig, seed: int
-) -> ArtifactRef:
-    """Uniform random subset under QUAD's budget (cfg.budget / budget_unit / token_counter)."""
+def select_random_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Budget, options: RandomSelector,
+                        context: SelectionContext) -> ArtifactRef:
+    """A uniform random subset of the pool under the budget (grouped by cluster in its decisions when clustered)."""
+    cluster_ref, seed = context.clusters, options.seed
 
     def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
-        selected = random_select(lengths if cfg.budget_unit == "tokens" else data.docs.num_rows, cfg.budget,
-                                 cfg.budget_unit, seed)
+        selected = random_select(lengths if budget.budget_unit == "tokens" else data.docs.num_rows, budget.budget,
+                                 budget.budget_unit, seed)
         rank = np.full(data.docs.num_rows, -1)
         rank[selected] = np.arange(len(selected))
         decisions = Decisions(RANDOM.name)
@@ -198,24 +202,23 @@ def select_random_stage(
                               group=group)
         return Selection(selected, decisions)
 
-    return build_selection(store, RANDOM, pool, cluster_ref, cfg.token_counter, {**_budget_config(cfg), "seed": seed},
-                           [], _CODE, select)
+    return build_selection(store, RANDOM, pool, cluster_ref, budget.token_counter,
+                           {**budget.budget_fields(), "seed": seed}, [], _CODE, select)
 
 
 def select_topk_stage(
     store: ArtifactStore,
     pool: list[ArtifactRef],
-    cluster_ref: ArtifactRef | None,
-    influence_ref: ArtifactRef,
-    cfg: QuadConfig,
-    influence_cfg: InfluenceConfig,
-    candidates: int | None,
-    seed: int,
+    budget: Budget,
+    options: TopkSelector,
+    context: SelectionContext,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
-    """The highest-influence documents under QUAD's budget, among `candidates` seeded-sampled documents (None: all);
-    progress(scored, total) after every batch, else a line to `log`."""
+    """The highest-influence documents under the budget, among `options.candidates` seeded-sampled documents (None:
+    all); progress(scored, total) after every batch, else a line to `log`."""
+    cluster_ref, influence_ref = _needs(context, "topk")
+    candidates, seed = options.candidates, options.seed
     if progress is None and log is not None:
         def progress(done: int, total: int) -> None:
             log(f"top-k: {done}/{total} candidates scored")
@@ -227,14 +230,14 @@ def select_topk_stage(
         else:
             chosen = np.sort(np.random.default_rng(seed).choice(n, size=candidates, replace=False))
         texts = data.docs["text"].to_pylist()
-        scorer = _load_scorer(influence_ref, influence_cfg)
+        scorer = _load_scorer(influence_ref, context.influence_cfg)
         scores = np.full(n, np.nan)
         for start in range(0, len(chosen), SCORE_BATCH):
             batch = chosen[start : start + SCORE_BATCH]
             scores[batch] = np.asarray(scorer.score([texts[i] for i in batch]), dtype=np.float64)
             if progress is not None:
                 progress(min(start + SCORE_BATCH, len(chosen)), len(chosen))
-        selected = topk_select(scores, lengths, cfg.budget, cfg.budget_unit)
+        selected = topk_select(scores, lengths, budget.budget, budget.budget_unit)
         rank = np.full(n, -1)
         scored = chosen[np.argsort(-scores[chosen], kind="stable")]
         rank[scored] = np.arange(len(scored))
@@ -255,8 +258,8 @@ def select_topk_stage(
                                                "mean_influence_scored": float(np.nanmean(scores)) if len(chosen)
                                                else None})
 
-    config = {**_budget_config(cfg), "candidates": candidates, "seed": seed}
-    return build_selection(store, TOPK, pool, cluster_ref, cfg.token_counter, config, [influence_ref.key], _CODE,
+    config = {**budget.budget_fields(), "candidates": candidates, "seed": seed}
+    return build_selection(store, TOPK, pool, cluster_ref, budget.token_counter, config, [influence_ref.key], _CODE,
                            select)
 
 

@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from selectflow.config import ZipConfig
+from selectflow.config import Budget, ZipConfig, ZipSelector
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.zip import ZipCheckpoint, zip_select
 from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
 from selectflow.stages.registry import ZIP
-from selectflow.stages.selection import Selection, build_selection
+from selectflow.stages.selection import Selection, SelectionContext, build_selection
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -36,14 +36,16 @@ def _reason(row: dict, mode: str) -> str:
 def zip_stage(
     store: ArtifactStore,
     pool: list[ArtifactRef],
-    cfg: ZipConfig,
+    budget: Budget,
+    options: ZipSelector,
+    context: SelectionContext,
     progress: Callable[[int, dict], None] | None = None,
-    clusters: ArtifactRef | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
-    """ZIP over the pool; with `clusters`, only over the documents its semantic dedup kept. Resumes a killed run
-    from its last finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh).
-    progress(round, info) after every round; without it, `log` gets a line per round."""
+    """ZIP over the pool, less what the cluster stage's semantic dedup dropped. Resumes a killed run from its last
+    finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh). progress(round, info)
+    after every round; without it, `log` gets a line per round."""
+    cfg = ZipConfig(**options.model_dump(exclude={"method"}), **budget.budget_fields())
     if progress is None and log is not None:
         rounds = math.ceil(cfg.budget / cfg.k3) if cfg.budget_unit == "docs" else None
 
@@ -63,4 +65,5 @@ def zip_stage(
         return Selection([position[doc_id] for doc_id in result.selected], decisions, stats, rounds=result.rounds,
                          tables={"zip_decisions": result.decisions})
 
-    return build_selection(store, ZIP, pool, clusters, cfg.token_counter, cfg.model_dump(), [], _CODE, select)
+    return build_selection(store, ZIP, pool, context.semdedup(), cfg.token_counter, cfg.model_dump(), [], _CODE,
+                           select)

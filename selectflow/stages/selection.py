@@ -1,7 +1,11 @@
 """What every selector and baseline stage shares: the pool it reads, the token length of each document, and how its
 result is written. A selector only computes a `Selection`; `build_selection` writes it the same way for all:
 "docs" (the selected documents in selection order), "decisions" (one per pool document) and the stats docs_in /
-docs_out / dropped / tokens / excluded_by_cluster_stage / seconds, plus rounds.json when it works in rounds."""
+docs_out / dropped / tokens / excluded_by_cluster_stage / seconds, plus rounds.json when it works in rounds.
+
+Every selector and baseline stage is a function (store, pool, budget, options, context[, log]) -> ArtifactRef:
+`pool` the deduplicated documents' artifacts, `budget` the run's `Budget`, `options` its `SelectorOptions`,
+`context` a `SelectionContext`."""
 
 from __future__ import annotations
 
@@ -12,10 +16,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from selectflow.config import Budget, InfluenceConfig, SelectionConfig
 from selectflow.select.zip import token_counter
-from selectflow.stages.base import Decisions, Stage, write_decisions
+from selectflow.stages.base import Decisions, Kind, Stage, selector_stage, write_decisions
 from selectflow.stages.pool import Pool, read_pool
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+
+@dataclass(frozen=True)
+class SelectionContext:
+    """What a selector may use besides the pool, its budget and its options."""
+
+    clusters: ArtifactRef | None = None  # the cluster stage's artifact: assignments, neighbours, semantic dedup
+    influence: ArtifactRef | None = None  # the fitted influence reference (for selectors that need_influence)
+    influence_cfg: InfluenceConfig | None = None
+
+    def semdedup(self) -> ArtifactRef | None:
+        """The cluster artifact when its semantic dedup dropped documents (a selector must not pick those), else
+        None: a selector that needs nothing else from the clusters then stays cached when only they change."""
+        if self.clusters is not None and self.clusters.manifest()["stats"]["dropped"]:
+            return self.clusters
+        return None
 
 
 @dataclass
@@ -59,3 +80,13 @@ def build_selection(store: ArtifactStore, stage: Stage, pool: list[ArtifactRef],
 
     keys = [ref.key for ref in pool] + ([clusters.key] if clusters else []) + inputs
     return store.build(stage.name, config, keys, code, write)
+
+
+def budgets_by_method(cfg: SelectionConfig) -> dict[str, Budget]:
+    """Each selector gets the run's budget; a baseline gets the budget of the subsets it is compared with: the
+    smallest any selector will take (ZIP takes whole rounds of k3 documents)."""
+    budget = cfg.budget_of
+    stages = {options.method: selector_stage(options.method) for options in cfg.selectors}
+    taken = [options.budget_taken(budget) for options in cfg.selectors if stages[options.method].kind == Kind.SELECTOR]
+    compared = min(taken, key=lambda b: b.budget, default=budget)
+    return {method: compared if stage.kind == Kind.BASELINE else budget for method, stage in stages.items()}
