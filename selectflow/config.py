@@ -532,10 +532,22 @@ class TrackingConfig(_Strict):
     experiment: str = Field("selectflow", description="MLflow experiment name.")
 
 
+# The Prefect form shows fields in this order (its `position` key): what a run is about first, the machinery after.
+FORM_ORDER = ("ingest", "reference", "selection", "probe", "risk", "run_name", "workspace", "filters", "dedup",
+              "cluster", "influence", "dask", "tracking", "retries", "retry_delay_seconds")
+
+
+def _form_order(schema: dict) -> None:
+    for position, name in enumerate(FORM_ORDER):
+        schema["properties"][name]["position"] = position
+
+
 class CurateConfig(_Strict):
-    """A curate run: the corpus to read (ingest), the target set (reference), how duplicates and filters thin it,
-    the selectors and their shared budget (selection), and how the subsets are judged (probe, risk). The other
-    sections tune the machinery; their defaults suit a first run."""
+    """A curate run: the corpus to read (ingest), the target set (reference), the selectors and their shared budget
+    (selection), and how the subsets are judged (probe, risk). The sections after those tune the machinery (filters,
+    dedup, clusters, influence, Dask, tracking, retries); their defaults suit a first run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_form_order)
 
     workspace: Path = Field(
         Path("selectflow-workspace"), validate_default=True, description="Artifact store, runs, MLflow and logs."

@@ -90,3 +90,17 @@ def test_schema_has_descriptions_for_the_ui():
     schema = CurateConfig.model_json_schema()
     near = schema["$defs"]["NearDedupConfig"]["properties"]
     assert all("description" in field for field in near.values())
+
+
+def test_the_prefect_form_shows_what_a_run_is_about_first():
+    from prefect.utilities.callables import parameter_schema
+
+    from selectflow.config import CurateConfig
+    from selectflow.flows.curate import curate
+
+    schema = parameter_schema(curate.fn).model_dump()["definitions"]["CurateConfig"]
+    properties = schema["properties"]
+    assert all("position" in properties[name] for name in CurateConfig.model_fields)  # a new field gets a place
+    order = sorted(properties, key=lambda name: properties[name]["position"])
+    assert order[:5] == ["ingest", "reference", "selection", "probe", "risk"]
+    assert "load_config" not in schema["description"]  # the form's heading speaks to its users
