@@ -6,6 +6,7 @@ validators say what to change when a value is impossible.
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -533,8 +534,8 @@ class TrackingConfig(_Strict):
 
 
 # The Prefect form shows fields in this order (its `position` key): what a run is about first, the machinery after.
-FORM_ORDER = ("ingest", "reference", "selection", "probe", "risk", "run_name", "workspace", "filters", "dedup",
-              "cluster", "influence", "dask", "tracking", "retries", "retry_delay_seconds")
+FORM_ORDER = ("ingest", "reference", "selection", "probe", "risk", "run_name", "workspace", "stage_modules", "filters",
+              "dedup", "cluster", "influence", "dask", "tracking", "retries", "retry_delay_seconds")
 
 
 def _form_order(schema: dict) -> None:
@@ -554,6 +555,11 @@ class CurateConfig(_Strict):
     )
     run_name: str | None = Field(None, description="Human name for this run (MLflow run name).")
     ingest: IngestConfig
+    stage_modules: list[str] = Field(
+        [],
+        description="Python modules to import before the rest of the config is read: they register your own "
+        "filters and selectors (see README, 'Adding a stage'); workers import them by name too.",
+    )
     filters: list[SerializeAsAny[FilterOptions]] = Field(
         [],
         description="Document filters registered by other modules, each with its settings, by method: run on every "
@@ -574,6 +580,17 @@ class CurateConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed shard task.")
     retry_delay_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles on each retry.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_stage_modules(cls, data):
+        for module in (data.get("stage_modules") or []) if isinstance(data, dict) else []:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"stage_modules: cannot import {module!r} ({exc}); install it or fix its name") \
+                    from None
+        return data
 
     @field_validator("filters", mode="before")
     @classmethod

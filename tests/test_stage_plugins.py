@@ -19,16 +19,15 @@ from selectflow.store import ArtifactStore
 
 @pytest.fixture
 def toy_stages(monkeypatch):
-    """The toy stages registered for this test only (the registry is the process's)."""
+    """The config entry that imports the toy stages' modules; what they register lasts for this test only (the
+    registry is the process's)."""
     from selectflow.stages import base
 
     base.stages()  # the built-ins, before the copy
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     for name in [name for name in sys.modules if name.startswith("toy_stages")]:
         monkeypatch.delitem(sys.modules, name)
-    import toy_stages.min_length
-    import toy_stages.shortest  # noqa: F401
-    yield
+    yield ["toy_stages.min_length", "toy_stages.shortest"]
     for name in [name for name in sys.modules if name.startswith("toy_stages")]:
         del sys.modules[name]
 
@@ -42,6 +41,9 @@ def test_unregistered_methods_are_refused_by_name(tmp_path):
     path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nfilters: [{method: min_length}]\n")
     with pytest.raises(ConfigError, match="no filter 'min_length' is registered"):
         load_config(path)
+    path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nstage_modules: [no_such_module]\n")
+    with pytest.raises(ConfigError, match="stage_modules: cannot import 'no_such_module'"):
+        load_config(path)
 
 
 def test_a_registered_filter_and_selector_show_in_funnel_lineage_probes_risk_and_report(
@@ -51,6 +53,7 @@ def test_a_registered_filter_and_selector_show_in_funnel_lineage_probes_risk_and
     path = write_config(
         tmp_path / "c.yaml", [{"path": str(small_corpus / "part-0[0-5].jsonl")}], tmp_path / "ws",
         reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
+        stage_modules=toy_stages,  # the one place the run learns of them
         filters=[{"method": "min_length", "min_chars": 60}],
         selection={"budget": 8192, "budget_unit": "tokens", "token_counter": "bytes",
                    "selectors": [{"method": "shortest"}, {"method": "random"}]},
