@@ -342,12 +342,14 @@ class TopkSelector(SelectorOptions):
 
 
 BuiltinSelector = Annotated[ZipSelector | QuadSelector | RandomSelector | TopkSelector, Field(discriminator="method")]
+# A built-in's entry validates against its own model; another method against its registered stage's options.
+AnySelector = Annotated[BuiltinSelector | SerializeAsAny[SelectorOptions], Field(union_mode="left_to_right")]
 
 
 class SelectionConfig(Budget):
     """The selectors and baselines, side by side over the same deduplicated pool, under one budget."""
 
-    selectors: list[Annotated[BuiltinSelector | SerializeAsAny[SelectorOptions], Field(union_mode="left_to_right")]] = Field(
+    selectors: list[AnySelector] = Field(
         default_factory=lambda: [ZipSelector(), RandomSelector()],
         description="Each with its own settings, by method: 'zip' (ZIP greedy compression), 'quad' (QUAD bandit over "
         "clusters with influence), and the baselines 'random' (uniform) and 'topk' (highest influence); a selector "
