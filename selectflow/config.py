@@ -195,6 +195,9 @@ class ZipConfig(ZipOptions, Budget):
 class ZipSelector(ZipOptions, SelectorOptions):
     method: Literal["zip"] = "zip"
 
+    def config(self, budget: Budget) -> ZipConfig:
+        return ZipConfig(**self.model_dump(exclude={"method"}), **budget.budget_fields())
+
     def budget_taken(self, budget: Budget) -> Budget:
         if budget.budget_unit == "tokens":
             return budget
@@ -322,6 +325,9 @@ class QuadConfig(QuadOptions, Budget):
 class QuadSelector(QuadOptions, SelectorOptions):
     method: Literal["quad"] = "quad"
     needs_influence: ClassVar[bool] = True
+
+    def config(self, budget: Budget) -> QuadConfig:
+        return QuadConfig(**self.model_dump(exclude={"method"}), **budget.budget_fields())
 
 
 class RandomSelector(SelectorOptions):

@@ -9,7 +9,7 @@ from pathlib import Path
 import fsspec
 import pyarrow.parquet as pq
 
-from selectflow.config import ConfigError, CurateConfig, IngestConfig, SelectionConfig, ZipConfig, ZipSelector
+from selectflow.config import ConfigError, CurateConfig, IngestConfig, SelectionConfig, ZipSelector
 from selectflow.devices import smollm2_folder
 from selectflow.ingest import InputFile, plan_inputs
 from selectflow.ingest.sources import compression_of
@@ -48,7 +48,7 @@ def check_docs_budgets(cfg: SelectionConfig, n_docs: int) -> None:
     budgets = budgets_by_method(cfg)
     for options in cfg.selectors:
         if isinstance(options, ZipSelector):  # whole rounds, each needing k1 >= k2 >= k3 candidates
-            check_pool_size(ZipConfig(**options.model_dump(exclude={"method"}), **cfg.budget_fields()), n_docs, None)
+            check_pool_size(options.config(cfg.budget_of), n_docs, None)
         else:
             check_budget(n_docs, None, budgets[options.method].budget, "docs", options.method)
 

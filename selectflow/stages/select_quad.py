@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from selectflow.config import Budget, InfluenceConfig, QuadConfig, QuadSelector, RandomSelector, TopkSelector
+from selectflow.config import Budget, InfluenceConfig, QuadSelector, RandomSelector, TopkSelector
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
@@ -131,7 +131,7 @@ def select_quad_stage(
     "neighbours" table was cut at), which is what it should be. progress(round, record) after every round; without
     it, `log` gets a line per round.
     """
-    cfg = QuadConfig(**options.model_dump(exclude={"method"}), **budget.budget_fields())
+    cfg = options.config(budget)
     cluster_ref, influence_ref = _needs(context, "quad", clusters=True)
     if progress is None and log is not None:
         def progress(done: int, record: dict) -> None:

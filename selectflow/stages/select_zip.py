@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from selectflow.config import Budget, ZipConfig, ZipSelector
+from selectflow.config import Budget, ZipSelector
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.zip import ZipCheckpoint, zip_select
 from selectflow.stages.base import Decisions
@@ -45,7 +45,7 @@ def zip_stage(
     """ZIP over the pool, less what the cluster stage's semantic dedup dropped. Resumes a killed run from its last
     finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh). progress(round, info)
     after every round; without it, `log` gets a line per round."""
-    cfg = ZipConfig(**options.model_dump(exclude={"method"}), **budget.budget_fields())
+    cfg = options.config(budget)
     if progress is None and log is not None:
         rounds = math.ceil(cfg.budget / cfg.k3) if cfg.budget_unit == "docs" else None
 
