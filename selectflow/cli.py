@@ -167,6 +167,8 @@ def _print_summary(summary: dict, mlflow_uri: str) -> None:
             console.print(f"  {name + ':':<8} {row['reference_bpb']}  {row['verdict']}")
         for note in probes["notes"]:
             console.print(f"  note: {note}")
+        if probes.get("recommendation"):
+            console.print(f"Recommendation:      {probes['recommendation']}")
     if risk := summary.get("risk"):
         console.print(f"Entropy-law risk:    {risk['verdict']}")
     if "report" in summary:

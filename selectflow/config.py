@@ -141,6 +141,8 @@ class SelectorOptions(_Strict):
 
     method: str = Field(..., description="The selector (its registered stage's subset name).")
     needs_influence: ClassVar[bool] = False  # scores documents with the influence reference (needs `reference`)
+    needs_reference: ClassVar[bool] = False  # reads the reference (target) set itself
+    needs_ngrams: ClassVar[bool] = False  # reads the pool's hashed n-gram counts (`features`: a `NgramFeatures`)
 
     def budget_taken(self, budget: Budget) -> Budget:
         """What this selector will actually select under `budget` (the baselines get the smallest of these)."""
@@ -347,7 +349,28 @@ class TopkSelector(SelectorOptions):
     needs_influence: ClassVar[bool] = True
 
 
-BuiltinSelector = Annotated[ZipSelector | QuadSelector | RandomSelector | TopkSelector, Field(discriminator="method")]
+class NgramFeatures(_Strict):
+    """Hashed word n-gram counts of every pool document, computed shard by shard (what DSIR's models are fit on)."""
+
+    buckets: int = Field(10_000, ge=16, description="Hash buckets of the n-gram vocabulary (DSIR: 10,000).")
+    max_n: int = Field(2, ge=1, le=5, description="Word n-grams of orders 1..max_n (DSIR: unigrams and bigrams).")
+
+
+class DsirSelector(SelectorOptions):
+    """DSIR: importance resampling toward the reference set. Each document is weighted by how much likelier a bag of
+    hashed n-grams fit on the reference set makes it than one fit on the pool; the subset is a weighted sample
+    without replacement. Cheap (no model) and per document."""
+
+    method: Literal["dsir"] = "dsir"
+    features: NgramFeatures = Field(default_factory=NgramFeatures)
+    smoothing: float = Field(1.0, gt=0.0, description="Add-this smoothing of both n-gram models' bucket counts.")
+    seed: int = Field(0, description="Seed of the weighted sample.")
+    needs_reference: ClassVar[bool] = True
+    needs_ngrams: ClassVar[bool] = True
+
+
+BuiltinSelector = Annotated[ZipSelector | QuadSelector | RandomSelector | TopkSelector | DsirSelector,
+                            Field(discriminator="method")]
 # A built-in's entry validates against its own model; another method against its registered stage's options.
 AnySelector = Annotated[BuiltinSelector | SerializeAsAny[SelectorOptions], Field(union_mode="left_to_right")]
 
@@ -358,7 +381,8 @@ class SelectionConfig(Budget):
     selectors: list[AnySelector] = Field(
         default_factory=lambda: [ZipSelector(), RandomSelector()],
         description="Each with its own settings, by method: 'zip' (ZIP greedy compression), 'quad' (QUAD bandit over "
-        "clusters with influence), and the baselines 'random' (uniform) and 'topk' (highest influence); a selector "
+        "clusters with influence), 'dsir' (importance resampling toward the reference set), and the baselines 'random' "
+        "(uniform) and 'topk' (highest influence); a selector "
         "registered by another module takes its own method. Empty: stop after dedup.",
     )
 
@@ -577,7 +601,7 @@ class CurateConfig(_Strict):
     reference: list[InputSpec] = Field(
         [],
         description="The target set: influence is measured on its loss and probes report held-out loss on it "
-        "(the sample ships one). Needed by selectors that score influence (quad, topk).",
+        "(the sample ships one). Needed by selectors that select toward it (quad, topk, dsir).",
     )
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
@@ -614,10 +638,10 @@ class CurateConfig(_Strict):
 
     @model_validator(mode="after")
     def _reference_for_influence(self) -> CurateConfig:
-        if self.needs_influence and not self.reference:
-            scoring = [s.method for s in self.selection.selectors if s.needs_influence]
+        if not self.reference and (targeting := [s.method for s in self.selection.selectors
+                                                  if s.needs_influence or s.needs_reference]):
             raise ValueError(
-                f"reference: selectors {scoring} score influence on a reference (target) set, and none is given; add "
+                f"reference: selectors {targeting} select toward a reference (target) set, and none is given; add "
                 "`reference: [{path: ...}]` (the sample ships selectflow/data/sample/reference.jsonl.zst) or remove "
                 "them from selection.selectors"
             )

@@ -118,8 +118,11 @@ def probe_summary(comparison) -> dict:
             "verdict": comparison.verdicts.get(name, "the baseline" if name == "random" else "no baseline"),
             "epochs": round(comparison.epochs[name], 3),
         }
+    recommendation = comparison.recommendation
     return {"budget_tokens": comparison.budget_tokens, "seeds": comparison.seeds,
-            "confidence": comparison.confidence, "subsets": subsets, "notes": comparison.notes}
+            "confidence": comparison.confidence, "subsets": subsets, "notes": comparison.notes,
+            "recommended": None if recommendation is None else recommendation.subset,
+            "recommendation": None if recommendation is None else recommendation.sentence}
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:
@@ -151,6 +154,8 @@ def markdown(summary: dict) -> str:
         probes += [f"| {name} | {row['reference_bpb']} | {row['vs_random'] or '-'} | {row['verdict']} |"
                    for name, row in probe["subsets"].items()]
         probes += [f"- {note}" for note in probe["notes"]] + [""]
+        if probe.get("recommendation"):
+            probes += [f"**{probe['recommendation']}**", ""]
     return "\n".join([f"# selectflow run {summary['run_id']}", "", *risk, *probes, *lines, "",
                       f"Quarantined: {summary['quarantine']['count']} ({reasons})", "",
                       f"Outputs: `{summary['outputs']}`", *report])

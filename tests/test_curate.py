@@ -212,8 +212,9 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
             {"method": "zip", "k1": 200, "k2": 40, "k3": 20},
             # An untrained model's influence is noise around 0: a negative threshold rewards every pull.
             {"method": "quad", "pulls_per_round": 2, "samples_per_pull": 2, "block_size": 10, "threshold": -1.0},
-            {"method": "random"}, {"method": "topk", "candidates": 60}]},
-        probe={"subsets": ["zip", "quad", "random", "topk", "full"],  # 'full' only on request
+            {"method": "dsir", "features": {"buckets": 4096}}, {"method": "random"},
+            {"method": "topk", "candidates": 60}]},
+        probe={"subsets": ["zip", "quad", "dsir", "random", "topk", "full"],  # 'full' only on request
                "tokenizer": "bytes", "tokens": 4096, "seeds": 2, "batch_size": 4, "evals": 4, "eval_tokens": 512,
                "model": {"hidden": 32, "intermediate": 64, "seq_len": 64},
                "unseen": [{"path": str(SAMPLE / "unseen.jsonl.zst")}]},
@@ -222,13 +223,13 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     summary = curate(config)
     stages = {row["stage"]: row for row in summary["stages"]}
     assert stages["select_zip"]["docs_out"] == stages["select_quad"]["docs_out"] == 60
-    assert stages["select_random"]["docs_out"] == stages["select_topk"]["docs_out"] == 60
+    assert {stages[name]["docs_out"] for name in ("select_random", "select_topk", "select_dsir")} == {60}
     # the largest costs have their rows too, with work time and no document counts
     for costly in ("influence_reference", "probe"):
         assert stages[costly]["work_s"] > 0 and stages[costly]["docs_in"] is None
     assert list(stages) == ["ingest", "dedup_exact", "dedup_near", "cluster", "influence_reference", "select_zip",
-                            "select_quad", "select_random", "select_topk", "probe"]
-    assert set(summary["subsets"]) == {"select_zip", "select_quad", "select_random", "select_topk"}
+                            "select_quad", "select_dsir", "select_random", "select_topk", "probe"]
+    assert set(summary["subsets"]) == {"select_zip", "select_quad", "select_dsir", "select_random", "select_topk"}
     # the random subset is there to compare with; no history yet, so no "law contradicted"
     assert summary["risk"]["verdict"] in {"ok", "at risk", "inconclusive"}
     assert "no uniform-sample noise" not in summary["risk"]["reason"]  # R's noise from the pool's uniform samples
@@ -242,7 +243,7 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
         "select_topk": "34fc626bc739e934"}
     probes = {stage: [ref.manifest()["stats"] for ref in run.refs(stage)] for stage in run.stages
               if stage.startswith("probe_")}
-    assert set(probes) == {"probe_zip", "probe_quad", "probe_random", "probe_topk", "probe_full"}
+    assert set(probes) == {"probe_zip", "probe_quad", "probe_dsir", "probe_random", "probe_topk", "probe_full"}
     every = [stats for by_seed in probes.values() for stats in by_seed]
     assert all(sorted(stats["seed"] for stats in by_seed) == [0, 1] for by_seed in probes.values())  # paired seeds
     assert {(stats["tokens"], stats["epochs"], stats["tokenizer"]) for stats in every} == {(4096, 1.0, "bytes")}
@@ -256,9 +257,9 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
         next(s["reference_initial_bpb"] for s in every if s["seed"] != every[0]["seed"]), rel=1e-5)
     summarized = summary["probes"]
     assert summarized["budget_tokens"] == 4096 and summarized["seeds"] == [0, 1] and summarized["notes"] == []
-    assert set(summarized["subsets"]) == {"zip", "quad", "random", "topk", "full"}
+    assert set(summarized["subsets"]) == {"zip", "quad", "dsir", "random", "topk", "full"}
     assert summarized["subsets"]["random"]["verdict"] == "the baseline"
-    for name in ("zip", "quad", "topk", "full"):
+    for name in ("zip", "quad", "dsir", "topk", "full"):
         row = summarized["subsets"][name]
         assert row["vs_random"] is not None and row["epochs"] == 1.0
         assert row["verdict"].startswith(("beats random by", "worse than random by", "indistinguishable from random"))
@@ -271,12 +272,18 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
     quad_decision = next(d for d in lineage["decisions"] if d["stage"] == "select_quad")
     assert f"cluster {chosen['cluster']}" == quad_decision["group"]
     assert f"round {chosen['round']}" in quad_decision["reason"]
+    dsir = run.refs("select_dsir")[0].read("docs")["doc_id"][0].as_py()
+    dsir_lineage = doc_lineage(store, dsir)
+    assert dsir_lineage["final"].startswith("in: selected by") and "select_dsir" in dsir_lineage["final"].split(";")[0]
+    assert "log importance weight" in next(d["reason"] for d in dsir_lineage["decisions"]
+                                           if d["stage"] == "select_dsir")
     rounds = json.loads((Path(quad.path) / "rounds.json").read_text())
     assert rounds and all(len(r["pulled"]) == len(r["rewards"]) for r in rounds)
 
     report = Path(summary["report"])
     html = report.read_text()
     assert report.is_file() and html.count("data:image/png;base64,") >= 6
+    assert "Recommended subset" in html and summarized["recommendation"].startswith(("Recommended: ", "No selector"))
     for section in ("Stage funnel", "Cluster composition", "Bandit", "ZIP", "Probe", "risk"):
         assert section.lower() in html.lower(), section
 
@@ -288,6 +295,8 @@ def test_curate_whole_dag_with_quad_probes_risk_and_report(prefect_harness, tmp_
             "risk.zip.at_risk"} <= set(parent.data.metrics)
     assert parent.data.metrics["probe.seeds"] == 2
     assert parent.data.tags["probe.zip.verdict"] == summarized["subsets"]["zip"]["verdict"]
+    assert parent.data.tags["probe.recommendation"] == summarized["recommendation"]
+    assert parent.data.tags["probe.recommended"] == (summarized["recommended"] or "random")
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     quad_run = next(c for c in children if c.data.tags["selectflow.stage"] == "select_quad")

@@ -201,3 +201,40 @@ def test_verdict_sentences():
     assert no_baseline.differences == [] and "no 'random' subset was probed" in no_baseline.notes[0]
     mixed = compare_probes(_stats({"random": [5.0, 5.1]}) | _stats({"zip": [4.8, 4.9]}, tokens=2048), {})
     assert mixed.budget_tokens == 2048 and "different budgets [1024, 2048]" in mixed.notes[0]
+
+
+def _with_unseen(stats: dict, unseen: dict[str, list[float]]) -> dict:
+    for name, values in unseen.items():
+        for seed, value in enumerate(values):
+            stats[name][seed]["unseen_bpb"] = value
+    return stats
+
+
+def test_recommendation_names_the_best_selector_that_beats_random_without_losing_the_unseen_domain():
+    reference = {"random": [5.0, 5.4, 4.8], "zip": [4.8, 5.21, 4.59], "quad": [4.5, 4.92, 4.3],
+                 "dsir": [4.9, 5.31, 4.69], "full": [4.0, 4.4, 3.8]}
+    unseen = {"random": [6.0, 6.2, 5.9], "zip": [6.0, 6.21, 5.9], "quad": [6.5, 6.71, 6.4],
+              "dsir": [5.9, 6.1, 5.8], "full": [6.0, 6.2, 5.9]}
+    stats = _with_unseen(_stats(reference), unseen)
+    # quad is best on the reference set but worse on the unseen domain; 'full' is not a selector
+    comparison = compare_probes(stats, {}, selectors=["zip", "quad", "dsir"])
+    recommendation = comparison.recommendation
+    assert recommendation.subset == "zip"
+    assert recommendation.sentence.startswith("Recommended: zip, which beats random by 0.200 [")
+    assert "Also beating random: dsir." in recommendation.sentence
+    assert probe_summary(comparison)["recommended"] == "zip"
+    # without the selectors named, every subset but the baseline competes
+    assert compare_probes(stats, {}).recommendation.subset == "full"
+
+
+def test_recommendation_says_plainly_when_no_selector_beats_random():
+    stats = _with_unseen(_stats({"random": [5.0, 5.4, 4.8], "zip": [5.2, 5.61, 5.0], "quad": [4.5, 4.92, 4.3]}),
+                         {"random": [6.0, 6.2, 5.9], "zip": [6.0, 6.2, 5.9], "quad": [6.5, 6.71, 6.4]})
+    recommendation = compare_probes(stats, {}, selectors=["zip", "quad"]).recommendation
+    assert recommendation.subset is None
+    assert recommendation.sentence.startswith("No selector beats random on this data at this budget; train on a "
+                                              "uniform sample of the pool (random).")
+    assert "zip: worse than random by 0.203" in recommendation.sentence
+    assert "quad beats random by 0.493" in recommendation.sentence and "but is worse than random by 0.503" in \
+        recommendation.sentence
+    assert compare_probes(_stats({"zip": [4.8, 4.9]}), {}).recommendation is None  # no baseline probed

@@ -36,7 +36,8 @@ def test_unregistered_methods_are_refused_by_name(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nprobe: {enabled: false}\n"
                     "selection: {selectors: [{method: shortest}]}\n")
-    with pytest.raises(ConfigError, match=r"no selector 'shortest' is registered \(known: zip, quad, random, topk\)"):
+    with pytest.raises(ConfigError,
+                       match=r"no selector 'shortest' is registered \(known: zip, quad, dsir, random, topk\)"):
         load_config(path)
     path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nfilters: [{method: min_length}]\n")
     with pytest.raises(ConfigError, match="no filter 'min_length' is registered"):

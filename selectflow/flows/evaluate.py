@@ -92,7 +92,7 @@ def probe_subsets(
 def compare_subsets(probes: ProbeRuns, cfg: ProbeConfig) -> ProbeComparison:
     """Means with intervals over seeds, paired differences vs random, verdicts and learning speed."""
     return compare_probes(probes.stats(), probes.curves(), cfg.confidence, cfg.speed_fraction, cfg.speed_level,
-                          probes.notes)
+                          probes.notes, [stage.subset for stage in stages(Kind.SELECTOR)])
 
 
 def assess_risk(probes: ProbeRuns, history: list[RiskPoint], cfg: RiskConfig,

@@ -15,7 +15,7 @@ from selectflow.config import CurateConfig, ProbeConfig
 from selectflow.flows.dedup import DedupResult
 from selectflow.flows.evaluate import ProbeRuns, assess_risk, compare_subsets
 from selectflow.flows.select import Selection
-from selectflow.probe.compare import ProbeComparison
+from selectflow.probe.compare import BASELINE, ProbeComparison
 from selectflow.report import Risk, write_report
 from selectflow.report.assemble import assemble_report, risk_section
 from selectflow.risk import (
@@ -37,6 +37,7 @@ from selectflow.stages.registry import (
     INGEST,
     MINHASH,
     NEAR_DEDUP,
+    NGRAMS,
     PROBE,
     QUAD,
 )
@@ -113,6 +114,8 @@ class RunRecorder:
     def selected(self, selection: Selection) -> None:
         if selection.influence is not None:
             self.stage(INFLUENCE, [selection.influence], self.config.influence.model_dump())
+        if selection.ngrams:
+            self.stage(NGRAMS, selection.ngrams)
         self.subsets = selection.subsets
         options = {selector.method: selector for selector in self.config.selection.selectors}
         for stage, ref in selection.subsets.items():
@@ -177,7 +180,11 @@ def log_probe_results(tracker: Tracker, probes: ProbeRuns, comparison: ProbeComp
             metrics |= {key: diff.interval.mean, f"{key}.low": diff.interval.low, f"{key}.high": diff.interval.high}
     if comparison.speed_level is not None:
         metrics["probe.speed_level_bpb"] = comparison.speed_level
-    tracker.log_summary(metrics, tags={f"probe.{name}.verdict": text for name, text in comparison.verdicts.items()})
+    tags = {f"probe.{name}.verdict": text for name, text in comparison.verdicts.items()}
+    if (recommendation := comparison.recommendation) is not None:
+        tags |= {"probe.recommended": recommendation.subset or BASELINE,
+                 "probe.recommendation": recommendation.sentence}
+    tracker.log_summary(metrics, tags=tags)
 
 
 def judge_risk(config: CurateConfig, tracker: Tracker, probes: ProbeRuns, exclude_run_id: str,

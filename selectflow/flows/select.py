@@ -6,6 +6,7 @@ from selectflow.config import InfluenceConfig, SelectionConfig
 from selectflow.flows.runner import run_stages, run_tasks
 from selectflow.stages.base import selector_stage
 from selectflow.stages.influence import influence_reference_stage
+from selectflow.stages.select_dsir import ngram_features_stage
 from selectflow.stages.selection import SelectionContext, budgets_by_method
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS
@@ -16,6 +17,7 @@ from selectflow.tasks.stage import stage_calls
 class Selection:
     subsets: dict[str, ArtifactRef]  # by stage name (select_zip, select_quad, select_random, ...), config order
     influence: ArtifactRef | None  # the fitted influence reference, when a selector scores influence
+    ngrams: list[ArtifactRef]  # hashed n-gram counts of the pool and reference shards, when a selector needs them
 
 
 @flow(name="select", **FLOW_OPTIONS)
@@ -33,11 +35,26 @@ def select_subset(
         (influence,) = run_stages(influence_reference_stage, "influence-reference", workspace,
                                   [{"reference": reference, "cfg": influence_cfg}], "influence reference",
                                   use_all_cores=True)
-    context = SelectionContext(clusters, influence, influence_cfg)
+    ngrams = count_ngrams(workspace, pool, reference or [], cfg)
+    context = SelectionContext(clusters, influence, influence_cfg, **ngrams)
     budgets = budgets_by_method(cfg)
     calls = {}
     for options in cfg.selectors:
         stage = selector_stage(options.method)
         inputs = {"pool": pool, "budget": budgets[options.method], "options": options, "context": context}
         (calls[stage.name],) = stage_calls(stage.function(), f"{options.method}-{stage.kind}", workspace, [inputs])
-    return Selection(dict(zip(calls, run_tasks(list(calls.values()), "selection"))), influence)
+    return Selection(dict(zip(calls, run_tasks(list(calls.values()), "selection"))), influence,
+                     ngrams.get("ngrams", []) + ngrams.get("reference_ngrams", []))
+
+
+def count_ngrams(workspace: str, pool: list[ArtifactRef], reference: list[ArtifactRef],
+                 cfg: SelectionConfig) -> dict[str, list[ArtifactRef]]:
+    """The hashed n-gram counts of every pool and reference shard, one task each, when a selector needs them (with
+    the first such selector's `features`)."""
+    features = next((options.features for options in cfg.selectors if options.needs_ngrams), None)
+    if features is None:
+        return {}
+    counted = run_stages(ngram_features_stage, "ngram-features", workspace,
+                         [{"shard_ref": ref, "cfg": features} for ref in [*pool, *reference]], "n-gram features",
+                         label=lambda call: f"n-grams {call['shard_ref'].key:.12}")
+    return {"ngrams": counted[:len(pool)], "reference_ngrams": counted[len(pool):]}

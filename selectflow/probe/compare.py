@@ -100,6 +100,15 @@ class Speed:
         return f"{self.interval.text(0)} steps"
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """The selected subset to train on: the best on reference held-out bpb among the selectors that beat the random
+    baseline there without being worse on the unseen domain; None when no selector does."""
+
+    subset: str | None
+    sentence: str
+
+
 @dataclass
 class ProbeComparison:
     """Everything the summary, the report and the risk check say about probes, computed from per-seed results."""
@@ -114,6 +123,7 @@ class ProbeComparison:
     speed: dict[str, Speed]
     verdicts: dict[str, str]  # subset -> one sentence (vs the baseline, on the reference set)
     notes: list[str] = field(default_factory=list)
+    recommendation: Recommendation | None = None  # None when the baseline was not probed
 
     def difference(self, subset: str, metric: str) -> Difference | None:
         return next((d for d in self.differences if d.subset == subset and d.metric == metric), None)
@@ -153,6 +163,32 @@ def _paired(name: str, metric: str, values: Mapping[int, float], baseline: Mappi
                       needed)
 
 
+def recommend(metrics: Mapping[str, Mapping[str, Interval]], differences: Sequence[Difference],
+              selectors: Sequence[str]) -> Recommendation:
+    """Which of the `selectors`' subsets to train on, from their paired differences vs the baseline."""
+    found = {(d.subset, d.metric): d for d in differences}
+    winners, against = [], []
+    for name in (name for name in selectors if (name, "reference_bpb") in found):
+        reference, unseen = found[name, "reference_bpb"], found.get((name, "unseen_bpb"))
+        if reference.verdict == "better" and (unseen is None or unseen.verdict != "worse"):
+            winners.append(name)
+        elif reference.verdict == "better":
+            against.append(f"{name} {reference.sentence} but is {unseen.sentence}")
+        else:
+            against.append(f"{name}: {reference.sentence}")
+    if not winners:
+        if not against:
+            return Recommendation(None, "No selector was probed against random: nothing to recommend.")
+        return Recommendation(None, f"No selector beats {BASELINE} on this data at this budget; train on a uniform "
+                                    f"sample of the pool ({BASELINE}). " + "; ".join(against) + ".")
+    best = min(winners, key=lambda name: metrics[name]["reference_bpb"].mean)
+    unseen = found.get((best, "unseen_bpb"))
+    also = [name for name in winners if name != best]
+    return Recommendation(best, f"Recommended: {best}, which {found[best, 'reference_bpb'].sentence}"
+                          + (f"; unseen domain: {unseen.sentence}" if unseen else "")
+                          + (f". Also beating {BASELINE}: {', '.join(also)}" if also else "") + ".")
+
+
 def learning_speeds(curves: Mapping[str, Mapping[int, tuple[Sequence[int], Sequence[float | None]]]],
                     fraction: float, level: float | None, confidence: float) -> tuple[float, dict[str, Speed]]:
     """Steps each (subset, seed) needs to reach one shared reference level: by default `fraction` of the way from
@@ -178,8 +214,10 @@ def compare_probes(
     speed_fraction: float = 0.5,
     speed_level_bpb: float | None = None,
     notes: Sequence[str] = (),
+    selectors: Sequence[str] | None = None,
 ) -> ProbeComparison:
-    """`stats`: subset -> seed -> probe stats; `curves`: subset -> seed -> (eval steps, reference bpb)."""
+    """`stats`: subset -> seed -> probe stats; `curves`: subset -> seed -> (eval steps, reference bpb); `selectors`:
+    the subsets a recommendation chooses from (None: every subset but the baseline)."""
     if not stats:
         raise ValueError("compare probes: no probe results")
     seeds = sorted({seed for by_seed in stats.values() for seed in by_seed})
@@ -206,5 +244,7 @@ def compare_probes(
         all_notes.append(f"probes trained on different budgets {sorted(budgets)}: differences mix budget and data")
     if BASELINE not in stats:
         all_notes.append(f"no '{BASELINE}' subset was probed: no paired differences (add it to selection.selectors)")
+    chosen_from = [name for name in stats if name != BASELINE] if selectors is None else selectors
+    recommendation = recommend(metrics, differences, chosen_from) if BASELINE in stats else None
     return ProbeComparison(max(budgets), seeds, confidence, epochs, metrics, differences, level, speed, verdicts,
-                           all_notes)
+                           all_notes, recommendation)

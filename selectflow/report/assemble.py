@@ -179,6 +179,8 @@ def probe_section(
                                      **({} if d.interval is None else _bounds(d.interval)))
                      for d in comparison.differences],
         notes=comparison.notes,
+        recommended=None if comparison.recommendation is None else comparison.recommendation.subset,
+        recommendation=None if comparison.recommendation is None else comparison.recommendation.sentence,
     )
 
 

@@ -175,6 +175,10 @@ class Probes(_Model):
     subsets: dict[str, ProbeResult] = Field({}, description="subset -> its probes over seeds.")
     differences: list[ProbeDifference] = []
     notes: list[str] = Field([], description="Caveats of the comparison (budgets lowered, no baseline, ...).")
+    recommended: str | None = Field(None, description="The selector's subset to train on; None: none beats the "
+                                    "baseline (or it was not probed).")
+    recommendation: str | None = Field(None, description="Why: the recommended subset's difference vs the baseline "
+                                       "with its interval, or that no selector beats it.")
 
     def difference(self, subset: str, metric: str) -> ProbeDifference | None:
         return next((d for d in self.differences if d.subset == subset and d.metric == metric), None)

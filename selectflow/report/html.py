@@ -83,6 +83,7 @@ def render_report(report: RunReport) -> str:
         body = [
             _header(report),
             _verdict_banner(report.risk),
+            _recommendation_banner(report.probes),
             "<nav>" + "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title in SECTIONS) + "</nav>",
             _config_section(report, colours),
             _funnel_section(report, colours),
@@ -202,6 +203,14 @@ def _verdict_banner(risk: Risk | None) -> str:
     reason = f"<p>{escape(risk.reason)}</p>" if risk.reason else ""
     return (f'<div class="verdict {css}" id="verdict"><div class="label">Risk verdict</div>'
             f'<div class="value">{escape(risk.overall)}</div>{reason}</div>')
+
+
+def _recommendation_banner(probes: Probes | None) -> str:
+    if probes is None or probes.recommendation is None:
+        return ""
+    css, value = ("ok", probes.recommended) if probes.recommended else ("none", f"none beats {probes.baseline}")
+    return (f'<div class="verdict {css}" id="recommendation"><div class="label">Recommended subset</div>'
+            f'<div class="value">{escape(value)}</div><p>{escape(probes.recommendation)}</p></div>')
 
 
 def _config_section(report: RunReport, colours: dict[str, str]) -> str:

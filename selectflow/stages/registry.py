@@ -1,6 +1,6 @@
 """The built-in stages, in DAG order: the one place a stage is declared (see `selectflow.stages.base`)."""
 
-from selectflow.config import QuadSelector, RandomSelector, TopkSelector, ZipSelector
+from selectflow.config import DsirSelector, QuadSelector, RandomSelector, TopkSelector, ZipSelector
 from selectflow.stages.base import Kind, Stage, register
 
 INGEST = register(Stage("ingest", Kind.SOURCE))
@@ -16,6 +16,9 @@ ZIP = register(Stage("select_zip", Kind.SELECTOR, subset="zip", options=ZipSelec
                      run="selectflow.stages.select_zip:zip_stage"))
 QUAD = register(Stage("select_quad", Kind.SELECTOR, subset="quad", options=QuadSelector,
                       run="selectflow.stages.select_quad:select_quad_stage"))
+NGRAMS = register(Stage("ngram_features", Kind.AUXILIARY, row=False))
+DSIR = register(Stage("select_dsir", Kind.SELECTOR, subset="dsir", options=DsirSelector,
+                      run="selectflow.stages.select_dsir:select_dsir_stage", work_of=(NGRAMS.name,)))
 RANDOM = register(Stage("select_random", Kind.BASELINE, subset="random", options=RandomSelector,
                         run="selectflow.stages.select_quad:select_random_stage"))
 TOPK = register(Stage("select_topk", Kind.BASELINE, subset="topk", options=TopkSelector,

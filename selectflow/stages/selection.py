@@ -30,6 +30,8 @@ class SelectionContext:
     clusters: ArtifactRef | None = None  # the cluster stage's artifact: assignments, neighbours, semantic dedup
     influence: ArtifactRef | None = None  # the fitted influence reference (for selectors that need_influence)
     influence_cfg: InfluenceConfig | None = None
+    ngrams: list[ArtifactRef] | None = None  # hashed n-gram counts per pool shard (for selectors that need_ngrams)
+    reference_ngrams: list[ArtifactRef] | None = None  # the same for the reference set
 
     def semdedup(self) -> ArtifactRef | None:
         """The cluster artifact when its semantic dedup dropped documents (a selector must not pick those), else

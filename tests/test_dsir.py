@@ -1,0 +1,89 @@
+"""DSIR: importance weights toward the reference set, resampling under the budget, and the stages with lineage."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from selectflow.config import Budget, DsirSelector, NgramFeatures
+from selectflow.schema import DOCS
+from selectflow.select.dsir import importance_resample, log_importance, log_probabilities, ngram_counts
+from selectflow.stages.select_dsir import ngram_features_stage, select_dsir_stage
+from selectflow.stages.selection import SelectionContext
+from selectflow.store import ArtifactStore
+
+KITCHEN = "butter flour oven simmer garlic onion whisk dough sugar salt pepper roast bake stir".split()
+KERNEL = "kernel module driver interrupt scheduler memory page thread mutex syscall buffer device".split()
+SHARED = "the a of and to in is it for with on that this by".split()
+
+
+def texts_of(words: list[str], count: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(words + SHARED, int(rng.integers(20, 60)))) for _ in range(count)]
+
+
+def docs_table(texts: list[str], domains: list[str], prefix: str) -> pa.Table:
+    n = len(texts)
+    return pa.table({"doc_id": [f"{prefix}{i:04d}" for i in range(n)], "source": ["memory://toy.jsonl"] * n,
+                     "line": list(range(1, n + 1)), "domain": domains, "text": texts,
+                     "content_hash": [f"{prefix}h{i}" for i in range(n)], "n_bytes": [len(t) for t in texts],
+                     "record": [None] * n}, schema=DOCS)
+
+
+def test_weights_favour_the_target_domain_and_the_sample_takes_it():
+    pool = texts_of(KITCHEN, 200, 0) + texts_of(KERNEL, 200, 1)
+    reference = texts_of(KERNEL, 50, 2)
+    counts = ngram_counts(pool, 4096, 2)
+    raw = log_probabilities(counts.sum(axis=0).A1, 1.0)
+    target = log_probabilities(ngram_counts(reference, 4096, 2).sum(axis=0).A1, 1.0)
+    weights = log_importance(counts, target, raw)
+    assert weights[200:].min() > weights[:200].max()  # every kernel document outweighs every kitchen one
+    chosen = importance_resample(weights, None, 100, "docs", seed=0)
+    assert len(chosen) == len(set(chosen.tolist())) == 100
+    assert (chosen >= 200).mean() == 1.0
+
+
+def test_with_a_reference_like_the_pool_the_sample_keeps_the_mix():
+    pool = texts_of(KITCHEN, 200, 0) + texts_of(KERNEL, 200, 1)
+    reference = texts_of(KITCHEN, 50, 3) + texts_of(KERNEL, 50, 4)
+    counts = ngram_counts(pool, 4096, 1)
+    weights = log_importance(counts, log_probabilities(ngram_counts(reference, 4096, 1).sum(axis=0).A1, 1.0),
+                             log_probabilities(counts.sum(axis=0).A1, 1.0))
+    chosen = importance_resample(weights, None, 200, "docs", seed=0)
+    assert 0.25 < (chosen >= 200).mean() < 0.75
+
+
+def test_resampling_is_seeded_and_meets_a_tokens_budget():
+    weights = np.random.default_rng(0).normal(size=300)
+    lengths = np.random.default_rng(1).integers(10, 100, 300)
+    first = importance_resample(weights, lengths, 2000, "tokens", seed=5)
+    assert np.array_equal(first, importance_resample(weights, lengths, 2000, "tokens", seed=5))
+    assert not np.array_equal(first, importance_resample(weights, lengths, 2000, "tokens", seed=6))
+    assert lengths[first[:-1]].sum() < 2000 <= lengths[first].sum()
+    with pytest.raises(ValueError, match="dsir: a budget of 99999 tokens exceeds the whole pool"):
+        importance_resample(weights, lengths, 99_999, "tokens", seed=0)
+
+
+def test_stages_select_the_reference_domain_with_a_weight_per_document(tmp_path):
+    store = ArtifactStore(tmp_path)
+    kitchen, kernel = texts_of(KITCHEN, 120, 0), texts_of(KERNEL, 120, 1)
+    shards = [docs_table(kitchen[:60] + kernel[:60], ["kitchen"] * 60 + ["kernel"] * 60, "a"),
+              docs_table(kitchen[60:] + kernel[60:], ["kitchen"] * 60 + ["kernel"] * 60, "b")]
+    pool = [store.build("pool", {"shard": i}, ["toy"], "test", lambda w, t=t: w.write("docs", t))
+            for i, t in enumerate(shards)]
+    reference = [store.build("reference", {}, ["toy"], "test",
+                             lambda w: w.write("docs", docs_table(texts_of(KERNEL, 30, 2), ["kernel"] * 30, "r")))]
+    options = DsirSelector(features=NgramFeatures(buckets=2048))
+    ngrams = [ngram_features_stage(store, ref, options.features) for ref in pool]
+    context = SelectionContext(ngrams=ngrams, reference_ngrams=[ngram_features_stage(store, reference[0],
+                                                                                     options.features)])
+    ref = select_dsir_stage(store, pool, Budget(budget=50), options, context)
+    selected = ref.read("docs")
+    assert selected.num_rows == 50 and set(selected["domain"].to_pylist()) == {"kernel"}
+    decisions = ref.read("decisions").to_pylist()
+    assert len(decisions) == 240 and all(d["score"] is not None for d in decisions)
+    picked = next(d for d in decisions if d["decision"] == "selected")
+    assert "log importance weight" in picked["reason"] and "drawn #" in picked["reason"]
+    assert ref.manifest()["stats"]["docs_out"] == 50
+    assert select_dsir_stage(store, pool, Budget(budget=50), options, context).key == ref.key  # cached
+    with pytest.raises(ValueError, match="needs the n-gram counts"):
+        select_dsir_stage(store, pool, Budget(budget=50), options, SelectionContext())
