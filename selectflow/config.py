@@ -148,15 +148,20 @@ class SelectorOptions(_Strict):
         """What this selector will actually select under `budget` (the baselines get the smallest of these)."""
         return budget
 
+    def check_budget(self, budget: Budget) -> None:
+        """Raise ValueError, saying what to change, when these options cannot work under `budget`."""
+
 
 class ZipOptions(_Strict):
     """ZIP selection (Entropy Law): keep the documents that compress worst together (least redundant)."""
 
-    mode: Literal["exact", "zstd"] = Field(
+    mode: Literal["exact", "zstd", "gain"] = Field(
         "exact",
         description="'exact': the published algorithm (zlib-9 ratio of the repr of the records, stage 3 with an "
         "empty anchor), same picks as the reference code. 'zstd': same stages, but each candidate is scored by its "
-        "marginal zstd ratio against the WHOLE selected set (text only), so repetition beyond 32 KB counts.",
+        "marginal zstd ratio against the WHOLE selected set (text only), so repetition beyond 32 KB counts. 'gain': "
+        "'zstd' net of the fixed frame cost, i.e. by the compressed bytes a document adds per raw byte, which does "
+        "not favour short documents.",
     )
     k1: int = Field(10_000, ge=1, description="Stage 1 (global): candidates with the lowest stale ratio per round.")
     k2: int = Field(200, ge=1, description="Stage 2 (coarse): re-scored candidates kept per round (all leave the pool).")
@@ -196,14 +201,28 @@ class ZipConfig(ZipOptions, Budget):
 
 class ZipSelector(ZipOptions, SelectorOptions):
     method: Literal["zip"] = "zip"
+    strata: Literal["none", "cluster", "domain"] = Field(
+        "none",
+        description="Beyond the paper: run ZIP inside a quota of the budget per cluster or per ingest domain, so that "
+        "the least redundant subset keeps the pool's mix instead of collapsing onto a few domains. 'none': one ZIP "
+        "over the whole pool (the paper).",
+    )
+    quota: Literal["pool", "uniform"] = Field(
+        "pool", description="strata: each stratum's quota is its share of the pool ('pool') or an equal share "
+        "('uniform'), never more than it holds.")
 
     def config(self, budget: Budget) -> ZipConfig:
-        return ZipConfig(**self.model_dump(exclude={"method"}), **budget.budget_fields())
+        return ZipConfig(**self.model_dump(exclude={"method", "strata", "quota"}), **budget.budget_fields())
 
     def budget_taken(self, budget: Budget) -> Budget:
         if budget.budget_unit == "tokens":
             return budget
         return budget.model_copy(update={"budget": math.ceil(budget.budget / self.k3) * self.k3})  # whole rounds
+
+    def check_budget(self, budget: Budget) -> None:
+        if self.strata != "none" and budget.budget_unit != "tokens":
+            raise ValueError(f"zip strata {self.strata!r} need a tokens budget (budget_unit: tokens): quotas in "
+                             "documents would each round up to whole ZIP rounds")
 
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -313,8 +332,21 @@ class QuadOptions(_Strict):
         "influence of calibration_docs random pool documents, so a cluster is rewarded when it beats the pool "
         "average (the paper's 0.002 fits its 8192-dim projections; influence scales differ between setups).",
     )
-    calibration_docs: int = Field(32, ge=1, description="Random pool documents scored to calibrate an unset threshold.")
-    block_size: int = Field(50, ge=1, description="Documents a rewarded cluster contributes per pull (paper: 20,000).")
+    calibration_docs: int = Field(
+        32, ge=1, description="Random pool documents scored to calibrate an unset threshold (and the 'z' scale).")
+    reward: Literal["influence", "z"] = Field(
+        "influence",
+        description="'influence': a pull's reward is its mean influence - threshold (the paper; in the influence "
+        "model's units, so alpha and a set threshold must be retuned per model). 'z': the same divided by the sd of "
+        "the calibration documents' influence: scale-free, one alpha for any model.",
+    )
+    block_size: int | None = Field(
+        50, ge=1, description="Documents a rewarded cluster contributes per pull (paper: 20,000). Unset: budget-aware, "
+        "the budget in documents over the number of clusters (a tokens budget counts documents of the pool's mean "
+        "length), so one pull admits at most a fair share.")
+    max_cluster_share: float = Field(
+        1.0, gt=0.0, le=1.0, description="A cluster admits no more once its documents hold this share of the budget "
+        "(1: no cap, the paper), so that a few clusters cannot take the whole budget.")
     max_rounds: int = Field(200, ge=1, description="Rounds at most (paper: 200).")
     exp3_gamma: float = Field(0.1, gt=0.0, le=1.0, description="EXP3 exploration rate.")
     seed: int = Field(0, description="Seed of document sampling and EXP3.")
@@ -403,6 +435,12 @@ class SelectionConfig(Budget):
         from selectflow.stages.base import selector_options  # late: the stage registry imports this module
 
         return _registered(value, selector_options, "selectors")
+
+    @model_validator(mode="after")
+    def _selectors_fit_the_budget(self) -> SelectionConfig:
+        for selector in self.selectors:
+            selector.check_budget(self.budget_of)
+        return self
 
     @property
     def methods(self) -> list[str]:

@@ -21,6 +21,19 @@ def sample_records(name: str, limit: int | None = None) -> list[dict]:
     return records[:limit]
 
 
+def docs_table(texts: list[str], domains: list[str], prefix: str):
+    """A pool shard's "docs" table (DOCS schema) of these texts, ids prefix0000, prefix0001, ..."""
+    import pyarrow as pa
+
+    from selectflow.schema import DOCS
+
+    n = len(texts)
+    return pa.table({"doc_id": [f"{prefix}{i:04d}" for i in range(n)], "source": ["memory://toy.jsonl"] * n,
+                     "line": list(range(1, n + 1)), "domain": domains, "text": texts,
+                     "content_hash": [f"{prefix}h{i}" for i in range(n)], "n_bytes": [len(t) for t in texts],
+                     "record": [None] * n}, schema=DOCS)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -1,11 +1,10 @@
 """DSIR: importance weights toward the reference set, resampling under the budget, and the stages with lineage."""
 
 import numpy as np
-import pyarrow as pa
 import pytest
+from conftest import docs_table
 
 from selectflow.config import Budget, DsirSelector, NgramFeatures
-from selectflow.schema import DOCS
 from selectflow.select.dsir import importance_resample, log_importance, log_probabilities, ngram_counts
 from selectflow.stages.select_dsir import ngram_features_stage, select_dsir_stage
 from selectflow.stages.selection import SelectionContext
@@ -19,14 +18,6 @@ SHARED = "the a of and to in is it for with on that this by".split()
 def texts_of(words: list[str], count: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(words + SHARED, int(rng.integers(20, 60)))) for _ in range(count)]
-
-
-def docs_table(texts: list[str], domains: list[str], prefix: str) -> pa.Table:
-    n = len(texts)
-    return pa.table({"doc_id": [f"{prefix}{i:04d}" for i in range(n)], "source": ["memory://toy.jsonl"] * n,
-                     "line": list(range(1, n + 1)), "domain": domains, "text": texts,
-                     "content_hash": [f"{prefix}h{i}" for i in range(n)], "n_bytes": [len(t) for t in texts],
-                     "record": [None] * n}, schema=DOCS)
 
 
 def test_weights_favour_the_target_domain_and_the_sample_takes_it():

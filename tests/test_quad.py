@@ -125,6 +125,45 @@ def test_all_exhausted_stops():
     assert result.scored == 12 and result.docs.scored.all()
 
 
+# ----------------------------------------------------------------------------------------------- beyond the paper
+
+
+def test_a_cluster_share_cap_spreads_the_budget_over_clusters():
+    clusters = blocks_of([100, 100, 100, 100])  # cluster 0 has the highest influence, all are positive
+    value = {0: 1.0, 1: 0.5, 2: 0.4, 3: 0.3}
+    uncapped = QuadConfig(pulls_per_round=1, samples_per_pull=1, threshold=0.0, block_size=10, budget=80, alpha=0.0)
+    taken = np.bincount(clusters[quad_select(clusters, {}, per_cluster_score(clusters, value), uncapped,
+                                             d_max=0.2).selected], minlength=4)
+    assert taken[0] == 80  # as published: the best cluster takes the whole budget
+    capped = uncapped.model_copy(update={"max_cluster_share": 0.25})
+    result = quad_select(clusters, {}, per_cluster_score(clusters, value), capped, d_max=0.2)
+    assert np.bincount(clusters[result.selected], minlength=4).tolist() == [20, 20, 20, 20]
+    assert result.stopped == "budget" and result.clusters[0]["exhausted"]
+
+
+def test_reward_scale_divides_every_reward_and_keeps_the_choices():
+    clusters = blocks_of([30] * 6)
+    value = {c: 0.001 * (c - 2) for c in range(6)}
+    cfg = QuadConfig(pulls_per_round=2, samples_per_pull=3, threshold=0.0, block_size=5, budget=40, alpha=0.0)
+    raw = quad_select(clusters, {}, per_cluster_score(clusters, value), cfg, d_max=0.2)
+    scaled = quad_select(clusters, {}, per_cluster_score(clusters, value), cfg, d_max=0.2, reward_scale=0.001)
+    assert np.array_equal(raw.selected, scaled.selected)
+    for a, b in zip(raw.rounds, scaled.rounds):
+        assert b["rewards"] == pytest.approx([r / 0.001 for r in a["rewards"]])
+
+
+def test_budget_aware_block_and_effective_clusters():
+    from selectflow.stages.select_quad import budget_aware_block, effective_clusters
+
+    lengths = np.full(1000, 200)
+    assert budget_aware_block(QuadConfig(budget=640), lengths, 64) == 10
+    assert budget_aware_block(QuadConfig(budget=200 * 640, budget_unit="tokens"), lengths, 64) == 10
+    assert budget_aware_block(QuadConfig(budget=5), lengths, 64) == 1
+    assert effective_clusters(np.array([0, 1, 2, 3]), np.ones(4)) == pytest.approx(4.0)
+    assert effective_clusters(np.array([5, 5, 5, 6]), np.array([1, 1, 1, 3])) == pytest.approx(2.0)
+    assert effective_clusters(np.array([], np.int64), np.array([])) is None
+
+
 # ----------------------------------------------------------------------------------------------- budget, determinism
 
 

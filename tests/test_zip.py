@@ -156,6 +156,21 @@ def test_zstd_mode_less_redundant_than_exact(docs):
     assert all(r["marginal_bytes"] > 0 for r in zstd.decisions.to_pylist() if r["selected"])
 
 
+def test_gain_mode_is_length_neutral(docs):
+    from scipy.stats import spearmanr
+
+    cfg = ZipConfig(k1=200, k2=40, k3=20, budget=100, mode="zstd")
+    results = {"zstd": zip_select(docs, cfg), "gain": zip_select(docs, cfg.model_copy(update={"mode": "gain"}))}
+    n_bytes = dict(zip(docs["doc_id"].to_pylist(), docs["n_bytes"].to_pylist()))
+    trend = {mode: spearmanr([r["own_ratio"] for r in result.decisions.to_pylist()],
+                             [n_bytes[r["doc_id"]] for r in result.decisions.to_pylist()])[0]
+             for mode, result in results.items()}
+    assert trend["zstd"] > 0.7 and abs(trend["gain"]) < 0.3  # longer documents repeat themselves more
+    median = {mode: np.median([n_bytes[d] for d in result.selected]) for mode, result in results.items()}
+    pool = np.median(list(n_bytes.values()))
+    assert median["zstd"] < 0.5 * pool < 0.75 * pool < median["gain"]  # plain ZIP takes the short documents
+
+
 # ----------------------------------------------------------------------------------------------- resume
 
 

@@ -11,6 +11,9 @@ UCB, as published (iTheresaApocalypse/Quad, ``Quad-data_selection.py``)
 - The reward is shared with every neighbour ``j`` at centroid distance ``d < d_max`` (itself included, d = 0):
   ``R_j += r * (1 - d / d_max)``, ``n_j += 1`` and ``N += 1`` per neighbour update.
 - An arm with ``r > 0`` admits its next block of ``block_size`` documents.
+- Beyond the paper (defaults keep it): ``reward_scale`` divides every reward (the stage passes the calibration
+  sample's influence sd for ``reward: z``), and an arm stops admitting once it holds ``max_cluster_share`` of the
+  budget (it is then exhausted).
 - Stop when the budget is met, when every cluster is exhausted, or after ``max_rounds``.
 - The output order is shuffled with the seed (the reference shuffles the final set); the admission order is kept
   in ``QuadResult.admission_order``.
@@ -106,7 +109,8 @@ def neighbours_from_arrays(cluster: np.ndarray, neighbour: np.ndarray, distance:
 class _Arms:
     """Bandit state per cluster (index = position in the sorted cluster ids)."""
 
-    def __init__(self, clusters: np.ndarray, neighbours: Neighbours, d_max: float, rng: np.random.Generator):
+    def __init__(self, clusters: np.ndarray, neighbours: Neighbours, d_max: float, rng: np.random.Generator,
+                 cap: float):
         self.ids, inverse = np.unique(clusters, return_inverse=True)
         k = len(self.ids)
         position = {int(c): a for a, c in enumerate(self.ids.tolist())}
@@ -119,6 +123,8 @@ class _Arms:
         self.admit_ptr = np.zeros(k, dtype=np.int64)
         self.score_ptr = np.zeros(k, dtype=np.int64)
         self.blocks_admitted = np.zeros(k, dtype=np.int64)
+        self.spent = np.zeros(k, dtype=np.int64)  # budget units admitted
+        self.cap = cap  # budget units an arm may admit
         self.reward_sum = np.zeros(k)  # shared (UCB)
         self.pulls = np.zeros(k, dtype=np.int64)  # shared, counts neighbour updates (UCB)
         self.global_pulls = 0
@@ -140,7 +146,7 @@ class _Arms:
         return share
 
     def exhausted(self) -> np.ndarray:
-        return (self.admit_ptr >= self.sizes) | (self.score_ptr >= self.sizes)
+        return (self.admit_ptr >= self.sizes) | (self.score_ptr >= self.sizes) | (self.spent >= self.cap)
 
 
 def _pick_ucb(arms: _Arms, active: np.ndarray, b: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +178,9 @@ def _check_inputs(clusters: np.ndarray, lengths: np.ndarray | None, cfg: QuadCon
         check_budget(len(clusters), lengths, cfg.budget, cfg.budget_unit, "quad")
     except BudgetError as exc:
         raise QuadError(str(exc)) from None
-    if cfg.threshold is None:
-        raise QuadError("quad: quad_select needs a numeric threshold (the select_quad stage calibrates an unset one)")
+    if cfg.threshold is None or cfg.block_size is None:
+        raise QuadError("quad: quad_select needs a numeric threshold and block_size (the select_quad stage resolves "
+                        "unset ones)")
 
 
 def quad_select(
@@ -184,6 +191,7 @@ def quad_select(
     d_max: float,
     lengths: np.ndarray | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    reward_scale: float = 1.0,
 ) -> QuadResult:
     """Select pool documents with QUAD (UCB or EXP3 over clusters); see the module docstring.
 
@@ -197,7 +205,7 @@ def quad_select(
     _check_inputs(clusters, lengths, cfg, d_max)
     n = len(clusters)
     rng = np.random.default_rng(cfg.seed)
-    arms = _Arms(clusters, neighbours, d_max, rng)
+    arms = _Arms(clusters, neighbours, d_max, rng, cfg.max_cluster_share * cfg.budget)
     docs = QuadDocs(
         cluster=clusters.copy(), scored=np.zeros(n, bool), influence=np.full(n, np.nan),
         scored_round=np.full(n, -1, np.int64), admitted_round=np.full(n, -1, np.int64),
@@ -243,7 +251,8 @@ def quad_select(
         docs.scored[batch], docs.influence[batch], docs.scored_round[batch] = True, values, rnd
 
         bounds = np.cumsum([0] + [len(s) for s in samples])
-        rewards = np.array([values[bounds[i] : bounds[i + 1]].mean() for i in range(len(pulled))]) - cfg.threshold
+        means = np.array([values[bounds[i] : bounds[i + 1]].mean() for i in range(len(pulled))])
+        rewards = (means - cfg.threshold) / reward_scale
         arms.own_pulls[pulled] += 1
         arms.own_reward_sum[pulled] += rewards
         arms.rewarded[pulled] += rewards > 0
@@ -269,8 +278,10 @@ def quad_select(
                 continue
             start = arms.admit_ptr[a]
             block = arms.blocks[a][start : start + cfg.block_size]
-            block = take_budget(block, lengths, cfg.budget - spent, cfg.budget_unit)
+            block = take_budget(block, lengths, min(cfg.budget - spent, math.ceil(arms.cap) - arms.spent[a]),
+                                cfg.budget_unit)
             arms.admit_ptr[a] = start + len(block)
+            arms.spent[a] += len(block) if cfg.budget_unit == "docs" else int(lengths[block].sum())
             docs.admitted_round[block], docs.admitted_block[block] = rnd, arms.blocks_admitted[a]
             docs.pull_rank[block], docs.admit_reward[block] = rank, r
             arms.blocks_admitted[a] += 1

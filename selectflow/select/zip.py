@@ -18,6 +18,12 @@ Modes
 - Stop when ``len(selected) >= budget`` (docs: the output has ceil(budget/K3)*K3 documents) or when the selected
   tokens reach the budget (tokens).
 
+``gain`` (beyond the paper) is ``zstd`` made length-neutral. A longer document repeats itself more, so its ratio
+is higher (Spearman(own ratio, bytes) = 0.84 on the sample's documents) and plain ZIP fills its budget with short,
+odd documents. Here every ratio is the raw bytes per compressed byte a candidate adds net of the fixed cost of a
+zstd frame (compressing nothing with the same context), divided by ``bytes ** b``, where ``b`` is the slope of
+log(own ratio) on log(bytes) over the pool: candidates compete on redundancy against documents of their length.
+
 ``zstd`` (beyond the paper) runs the same three stages on the documents' ``text``, but a candidate's score is its
 *marginal* ratio against the WHOLE current set: ``len(x) / len(zstd(x | context))`` where the context is the
 selected texts (joined by a blank line; in stage 3 followed by this round's picks) used as a raw-content zstd
@@ -364,8 +370,10 @@ class _ExactScorer:
 
 
 class _ZstdScorer:
-    def __init__(self, items: list[bytes], workers: int, level: int, window_log: int) -> None:
+    def __init__(self, items: list[bytes], workers: int, level: int, window_log: int, net: bool = False) -> None:
         self.items = items
+        self.net = net  # 'gain': net of the frame, and corrected for the pool's trend of ratio with length
+        self.slope = 0.0  # of log(own ratio) on log(bytes) over the pool, fit by own()
         self.workers = workers
         self.level = level
         self.window_log = window_log
@@ -399,10 +407,19 @@ class _ZstdScorer:
             comp_list = [c for part in self.pool.map(run, _chunks(cand, self.workers)) for c in part]
         comp = np.asarray(comp_list, dtype=np.int64)
         raw = np.fromiter((len(items[i]) for i in cand), np.int64, len(cand))
+        if self.net:
+            ratio = raw / np.maximum(comp - ctx.marginal(b""), 1)
+            return ratio / np.maximum(raw, 1) ** self.slope, comp
         return raw / comp, comp
 
     def own(self, n: int):
-        return self._eval([], range(n))
+        ratio, comp = self._eval([], range(n))
+        if self.net and n > 1:
+            log_bytes = np.log(np.maximum([len(item) for item in self.items[:n]], 1))
+            if np.ptp(log_bytes) > 0:
+                self.slope = float(np.polyfit(log_bytes, np.log(ratio), 1)[0])
+                ratio = ratio / np.exp(log_bytes) ** self.slope
+        return ratio, comp
 
     def coarse(self, selected: list[int], cand: Sequence[int]):
         return self._eval(list(selected), cand)
@@ -479,7 +496,7 @@ def zip_select(
         scorer = _ExactScorer(items, cfg.workers, cfg.parallel)
     else:
         items = [t.encode("utf-8") for t in texts]
-        scorer = _ZstdScorer(items, cfg.workers, cfg.zstd_level, cfg.zstd_window_log)
+        scorer = _ZstdScorer(items, cfg.workers, cfg.zstd_level, cfg.zstd_window_log, net=cfg.mode == "gain")
 
     fingerprint = _fingerprint(cfg, doc_ids, items, tokens) if checkpoint is not None else ""
     state = _resume(checkpoint, fingerprint, n)

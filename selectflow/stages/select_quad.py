@@ -7,12 +7,13 @@ Each stage writes "docs" (the selection, DOCS schema), "decisions" (one row per 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from selectflow.config import Budget, InfluenceConfig, QuadSelector, RandomSelector, TopkSelector
+from selectflow.config import Budget, InfluenceConfig, QuadConfig, QuadSelector, RandomSelector, TopkSelector
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
@@ -147,15 +148,22 @@ def select_quad_stage(
         neighbours = neighbours_from_arrays(table["cluster"].to_numpy(), table["neighbour"].to_numpy(),
                                             table["distance"].to_numpy())
         scorer = _load_scorer(influence_ref, context.influence_cfg)
-        threshold, calibration = cfg.threshold, 0
-        if threshold is None:
+        threshold, scale, calibration = cfg.threshold, 1.0, 0
+        if threshold is None or cfg.reward == "z":
             rng = np.random.default_rng(cfg.seed)
             calibration = min(cfg.calibration_docs, len(texts))
             sample = rng.choice(len(texts), size=calibration, replace=False)
-            threshold = float(np.mean(scorer.score([texts[i] for i in sample])))
-        run_cfg = cfg.model_copy(update={"threshold": threshold})
+            scores = np.asarray(scorer.score([texts[i] for i in sample]), dtype=np.float64)
+            threshold = float(scores.mean()) if threshold is None else threshold
+            if cfg.reward == "z":
+                scale = float(scores.std(ddof=1)) if calibration > 1 else 0.0
+                if not scale > 0:
+                    raise QuadError(f"quad reward 'z': the {calibration} calibration documents' influence has no "
+                                    "spread to scale by; raise calibration_docs or use reward: influence")
+        block_size = cfg.block_size or budget_aware_block(cfg, lengths, len(np.unique(data.clusters)))
+        run_cfg = cfg.model_copy(update={"threshold": threshold, "block_size": block_size})
         result = quad_select(data.clusters, neighbours, lambda idx: scorer.score([texts[i] for i in idx]), run_cfg,
-                             d_max, lengths, progress=progress)
+                             d_max, lengths, progress=progress, reward_scale=scale)
         if not len(result.selected):
             raise QuadError(
                 f"QUAD selected nothing: it stopped ({result.stopped}) after {len(result.rounds)} rounds and "
@@ -164,7 +172,9 @@ def select_quad_stage(
                 "lower it, or check that the reference set and influence.model_path fit this pool"
             )
         doc_ids = data.docs["doc_id"].to_pylist()
-        stats = {"bandit": cfg.bandit, "threshold": threshold, "calibration_docs": calibration,
+        stats = {"bandit": cfg.bandit, "threshold": threshold, "reward_scale": scale, "block_size": block_size,
+                 "calibration_docs": calibration, "effective_clusters": effective_clusters(data.clusters[
+                     result.admission_order], lengths[result.admission_order]),
                  "rounds": len(result.rounds), "scored_docs": result.scored, "stopped": result.stopped,
                  "clusters": len(result.clusters), "scoring_seconds": result.seconds["scoring"],
                  "pulled_clusters": sum(1 for c in result.clusters if c["pulls"]),
@@ -177,6 +187,22 @@ def select_quad_stage(
     config = {"quad": cfg.model_dump(), "d_max": d_max}
     return build_selection(store, QUAD, pool, cluster_ref, cfg.token_counter, config, [influence_ref.key], _CODE,
                            select)
+
+
+def budget_aware_block(cfg: QuadConfig, lengths: np.ndarray, clusters: int) -> int:
+    """Block size of an unset `block_size`: the budget in documents (a tokens budget in documents of the pool's mean
+    length) over the number of clusters, at least 1."""
+    documents = cfg.budget if cfg.budget_unit == "docs" else cfg.budget / max(float(np.mean(lengths)), 1.0)
+    return max(1, math.ceil(documents / max(clusters, 1)))
+
+
+def effective_clusters(clusters: np.ndarray, lengths: np.ndarray) -> float | None:
+    """exp(entropy) of the selection's tokens over clusters: how many clusters it draws on, evenly counted."""
+    if not len(clusters) or lengths.sum() == 0:
+        return None
+    shares = np.bincount(clusters - clusters.min(), weights=lengths) / lengths.sum()
+    shares = shares[shares > 0]
+    return float(np.exp(-(shares * np.log(shares)).sum()))
 
 
 # ----------------------------------------------------------------------------------------------- baselines

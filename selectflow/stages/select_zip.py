@@ -9,9 +9,11 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pyarrow as pa
 
-from selectflow.config import Budget, ZipSelector
+from selectflow.config import Budget, ZipConfig, ZipSelector
 from selectflow.fingerprint import code_fingerprint
+from selectflow.select.strata import stratum_quotas
 from selectflow.select.zip import ZipCheckpoint, zip_select
 from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
@@ -20,10 +22,12 @@ from selectflow.stages.selection import Selection, SelectionContext, build_selec
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
+UNITS = {"whitespace": "words", "bytes": "bytes", "bytes4": "4-byte tokens"}
 
 
 def _reason(row: dict, mode: str) -> str:
-    measure = "zlib-9 ratio of the records" if mode == "exact" else "marginal zstd ratio"
+    measure = {"exact": "zlib-9 ratio of the records", "zstd": "marginal zstd ratio",
+               "gain": "raw bytes per compressed byte added"}[mode]
     if row["selected"]:
         return (f"selected in round {row['round']} as #{row['order'] + 1} at {measure} {row['ratio']:.3f} "
                 f"(+{row['marginal_bytes']} compressed bytes; own ratio {row['own_ratio']:.3f})")
@@ -42,10 +46,12 @@ def zip_stage(
     progress: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ArtifactRef:
-    """ZIP over the pool, less what the cluster stage's semantic dedup dropped. Resumes a killed run from its last
-    finished round (`resumed_from_round` in the artifact's stats; 0 when it started fresh). progress(round, info)
-    after every round; without it, `log` gets a line per round."""
+    """ZIP over the pool, less what the cluster stage's semantic dedup dropped; with `options.strata`, one ZIP inside
+    each stratum's quota of the budget. Resumes a killed run from its last finished round (`resumed_from_round` in
+    the artifact's stats; 0 when it started fresh). progress(round, info) after every round; without it, `log` gets
+    a line per round."""
     cfg = options.config(budget)
+    options.check_budget(budget)
     if progress is None and log is not None:
         rounds = math.ceil(cfg.budget / cfg.k3) if cfg.budget_unit == "docs" else None
 
@@ -54,16 +60,74 @@ def zip_stage(
                 f"set ratio {info['selected_ratio']:.3f}, {info['pool_left']} left in the pool")
 
     def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
-        result = zip_select(data.docs, cfg, progress=progress, checkpoint=ZipCheckpoint(writer.checkpoint_dir))
-        decisions = Decisions(ZIP.name)
-        for r in result.decisions.to_pylist():
-            decisions.add(r["doc_id"], "selected" if r["selected"] else "rejected", _reason(r, cfg.mode),
-                          score=r["ratio"], group=None if r["round"] is None else f"round {r['round']}")
-        position = {doc_id: index for index, doc_id in enumerate(data.docs["doc_id"].to_pylist())}
-        stats = {"stopped": result.stopped, "final_ratio": result.final_ratio, "seconds": result.seconds,
-                 "rounds": len(result.rounds), "resumed_from_round": result.resumed_from_round}
-        return Selection([position[doc_id] for doc_id in result.selected], decisions, stats, rounds=result.rounds,
-                         tables={"zip_decisions": result.decisions})
+        if options.strata == "none":
+            return _zip(data.docs, cfg, progress, ZipCheckpoint(writer.checkpoint_dir))
+        names, inverse = np.unique(_strata(data, options.strata), return_inverse=True)
+        names = names.tolist()
+        members = {name: np.flatnonzero(inverse == index) for index, name in enumerate(names)}
+        quotas = dict(zip(names, stratum_quotas(np.bincount(inverse, weights=lengths, minlength=len(names)),
+                                                budget.budget, options.quota).tolist()))
+        parts = []
+        for index, name in enumerate(names):
+            rows, quota = members[name], quotas[name]
+            where = f"{name} (quota {quota} of its {int(lengths[rows].sum())} {UNITS[budget.token_counter]})"
+            if quota == 0:
+                parts.append((rows, None, where))
+                continue
+            n = len(rows)
+            local = cfg.model_copy(update={"budget": quota, "k1": min(cfg.k1, n), "k2": min(cfg.k2, n),
+                                           "k3": min(cfg.k3, n)})
+            stratum = data.docs.take(pa.array(rows, pa.int64()))
+            parts.append((rows, _zip(stratum, local, progress, ZipCheckpoint(writer.checkpoint_dir / f"{index}")),
+                          where))
+        return _joined(data, parts, quotas)
 
-    return build_selection(store, ZIP, pool, context.semdedup(), cfg.token_counter, cfg.model_dump(), [], _CODE,
-                           select)
+    clusters = context.clusters if options.strata == "cluster" else context.semdedup()
+    if options.strata == "cluster" and clusters is None:
+        raise ValueError("zip strata 'cluster' needs the cluster stage's artifact in its SelectionContext")
+    config = cfg.model_dump() | ({} if options.strata == "none" else {"strata": options.strata, "quota": options.quota})
+    return build_selection(store, ZIP, pool, clusters, cfg.token_counter, config, [], _CODE, select)
+
+
+def _zip(docs: pa.Table, cfg: ZipConfig, progress, checkpoint: ZipCheckpoint) -> Selection:
+    result = zip_select(docs, cfg, progress=progress, checkpoint=checkpoint)
+    decisions = Decisions(ZIP.name)
+    for r in result.decisions.to_pylist():
+        decisions.add(r["doc_id"], "selected" if r["selected"] else "rejected", _reason(r, cfg.mode),
+                      score=r["ratio"], group=None if r["round"] is None else f"round {r['round']}")
+    position = {doc_id: index for index, doc_id in enumerate(docs["doc_id"].to_pylist())}
+    stats = {"stopped": result.stopped, "final_ratio": result.final_ratio, "seconds": result.seconds,
+             "rounds": len(result.rounds), "resumed_from_round": result.resumed_from_round}
+    return Selection([position[doc_id] for doc_id in result.selected], decisions, stats, rounds=result.rounds,
+                     tables={"zip_decisions": result.decisions})
+
+
+def _strata(data: Pool, strata: str) -> list[str]:
+    if strata == "cluster":
+        return [f"cluster {c}" for c in data.clusters.tolist()]
+    return [f"domain {d}" for d in data.docs["domain"].to_pylist()]
+
+
+def _joined(data: Pool, parts: list[tuple[np.ndarray, Selection | None, str]], quotas: dict[str, int]) -> Selection:
+    """One selection from each stratum's: their picks stratum after stratum, every decision's reason led by its
+    stratum and quota, and the per-stratum stats."""
+    order, rounds, strata = [], [], {}
+    reasons = {}
+    for rows, part, where in parts:
+        if part is None:
+            for doc_id in data.docs.take(pa.array(rows, pa.int64()))["doc_id"].to_pylist():
+                reasons[doc_id] = ("rejected", f"not selected: {where}", None, where)
+            continue
+        order += [int(rows[i]) for i in part.order]
+        rounds += [{**record, "stratum": where} for record in part.rounds or []]
+        table = part.decisions.table().to_pylist()
+        for row in table:
+            reasons[row["doc_id"]] = (row["decision"], f"{where}: {row['reason']}", row["score"], where)
+        strata[where] = {"selected": len(part.order), "stopped": part.stats["stopped"]}
+    decisions = Decisions(ZIP.name)
+    for doc_id in data.docs["doc_id"].to_pylist():
+        decision, reason, score, where = reasons[doc_id]
+        decisions.add(doc_id, decision, reason, score=score, group=where)
+    stopped = sorted({s["stopped"] for s in strata.values()})
+    return Selection(order, decisions, {"strata": strata, "quotas": quotas, "stopped": ",".join(stopped),
+                                        "rounds": len(rounds)}, rounds=rounds)
