@@ -173,8 +173,9 @@ class ZipOptions(_Strict):
         27,
         ge=10,
         le=30,
-        description="zstd window = 2**zstd_window_log bytes: must cover the selected set (27 = 128 MB). Also used "
-        "for the final set's zstd ratio.",
+        description="zstd window = 2**zstd_window_log bytes: how far back in the selected text a candidate finds "
+        "matches (27 = 128 MB; a larger selection is compared with its most recent 128 MB). Also used for the final "
+        "set's zstd ratio.",
     )
     workers: int = Field(2, ge=1, le=256, description="Parallel workers scoring candidates (1 = serial).")
     parallel: Literal["threads", "processes"] = Field(

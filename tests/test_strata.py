@@ -58,8 +58,8 @@ def test_stratified_zip_keeps_the_pool_mix_where_plain_zip_collapses(tmp_path):
     stratified_ref = zip_stage(store, pool, budget, ZipSelector(**small, strata="domain"), SelectionContext())
     stratified = domain_bytes(stratified_ref)
     held = {d: sum(len(t.encode()) for t, dom in zip(texts, domains) if dom == d) for d in ("boiler", "words")}
-    for domain in held:  # each domain's quota is its share of the pool, met up to one round (k3 = 5 documents)
-        share = budget.budget * held[domain] / sum(held.values())
+    for domain, size in held.items():  # each domain's quota is its share of the pool, met up to one round (k3 = 5)
+        share = budget.budget * size / sum(held.values())
         assert share <= stratified[domain] < share + 5 * 400
     stats = stratified_ref.manifest()["stats"]
     assert sum(stats["quotas"].values()) == budget.budget and set(stats["strata"]) == {

@@ -156,6 +156,13 @@ def test_zstd_mode_less_redundant_than_exact(docs):
     assert all(r["marginal_bytes"] > 0 for r in zstd.decisions.to_pylist() if r["selected"])
 
 
+def test_zstd_mode_runs_past_its_window(docs):
+    small_window = ZipConfig(k1=100, k2=20, k3=10, budget=40, mode="zstd", zstd_window_log=10)  # 1 KB of context
+    result = zip_select(docs, small_window)
+    texts = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()))
+    assert len(result.selected) == 40 and sum(len(texts[d].encode()) for d in result.selected) > 4 * 1024
+
+
 def test_gain_mode_is_length_neutral(docs):
     from scipy.stats import spearmanr
 

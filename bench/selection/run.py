@@ -4,6 +4,8 @@ reference set and on the unseen domain, plus each selector's work time and the r
 
     .venv/bin/python bench/selection/run.py --corpus sample --workspace WS
     .venv/bin/python bench/selection/run.py --corpus debian --workspace WS     # after debian_corpus.py
+    .venv/bin/python bench/selection/run.py --corpus sample --workspace WS --label sample-zip-gain \
+        --selectors "[{method: zip, mode: gain, strata: domain}, {method: random}]"
 
 The run is `selectflow run` with the corpus's pipeline config (sample: the shipped one; debian: the one
 `bench/probe_validity/debian_corpus.py` writes) and these overrides: selections of --budget bytes, the selectors of
@@ -57,15 +59,20 @@ def measure(workspace: Path) -> dict:
     store = ArtifactStore(workspace / "store")
     run = load_run(store)
     probes = probe_section(PROBE.by_subset(run))
-    seconds = {stage.removeprefix("select_"): sum(ref.manifest()["stats"].get("seconds", 0) for ref in run.refs(stage))
+    seconds = {stage.removeprefix("select_"): sum(_seconds(ref.manifest()["stats"]) for ref in run.refs(stage))
                for stage in run.stages if stage.startswith("select_")}
     return {"run_id": run.run_id, "probes": probes.model_dump(mode="json"), "selector_seconds": seconds}
 
 
+def _seconds(stats: dict) -> float:
+    seconds = stats.get("seconds", 0)  # ZIP reports its phases: {init, rounds, final, total}
+    return seconds["total"] if isinstance(seconds, dict) else seconds
+
+
 def markdown(result: dict) -> str:
     probes = result["probes"]
-    lines = [f"Probes: {probes['budget_tokens']} bytes each, seeds {probes['seeds']}; subset - random in held-out "
-             "bits per byte, mean [95% CI] (+ = worse than random).", "",
+    lines = [(f"Probes: {probes['budget_tokens']} bytes each, seeds {probes['seeds']}; subset - random in held-out "
+              "bits per byte, mean [95% CI] (+ = worse than random)."), "",
              "| subset | reference bpb | − random (reference) | unseen bpb | − random (unseen) | epochs | select s |",
              "|---|---:|---|---:|---|---:|---:|"]
     for name, subset in probes["subsets"].items():
@@ -94,13 +101,15 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4_400_000, help="selection budget in UTF-8 bytes")
     parser.add_argument("--selectors", default=SELECTORS, help="selection.selectors, as YAML")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="further overrides")
+    parser.add_argument("--label", help="names the results file (default: the corpus); one run per label, e.g. "
+                        "another ZIP variant in the same workspace (every other subset and its probes are cached)")
     args = parser.parse_args()
     config, overrides = pipeline(args.corpus, args.root)
     run_pipeline(config, args.workspace, [*overrides, f"selection.budget={args.budget}", "selection.budget_unit=tokens",
                                           "selection.token_counter=bytes", f"selection.selectors={args.selectors}",
                                           "probe.enabled=true", *args.overrides])
     result = {"corpus": args.corpus, "budget_bytes": args.budget, "selectors": args.selectors, **measure(args.workspace)}
-    out = args.root / f"selection-{args.corpus}.json"
+    out = args.root / f"selection-{args.label or args.corpus}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(markdown(result))

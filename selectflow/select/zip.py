@@ -27,7 +27,8 @@ log(own ratio) on log(bytes) over the pool: candidates compete on redundancy aga
 ``zstd`` (beyond the paper) runs the same three stages on the documents' ``text``, but a candidate's score is its
 *marginal* ratio against the WHOLE current set: ``len(x) / len(zstd(x | context))`` where the context is the
 selected texts (joined by a blank line; in stage 3 followed by this round's picks) used as a raw-content zstd
-dictionary, so repetition anywhere in the selected set counts (zlib's window is 32 KB). π starts as the own ratio
+dictionary, so repetition anywhere in the selected set counts (zlib's window is 32 KB; past zstd's window of
+``2**zstd_window_log`` bytes, the most recent window of selected text is the context). π starts as the own ratio
 ``len(x) / len(zstd(x))``.
 
 Ties (exact and zstd): always broken by pool position (row order of the input table), lower first: stage 1 sorts
@@ -386,10 +387,9 @@ class _ZstdScorer:
         key = tuple(ids)
         if self._ctx is None or key != self._ctx_key:
             data = self.sep.join(self.items[i] for i in ids)
-            try:
-                self._ctx = ZstdContext(data, self.level, self.window_log)
-            except ValueError as exc:
-                raise ZipError(f"zstd mode: {exc} (zstd_window_log)") from exc
+            # zstd cannot match further back than its window: once the selected text outgrows it, the most recent
+            # window's worth is the context (a selection larger than the window no longer fails).
+            self._ctx = ZstdContext(data[-((1 << self.window_log) - 1):], self.level, self.window_log)
             self._ctx_key = key
         return self._ctx
 
