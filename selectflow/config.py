@@ -151,6 +151,11 @@ class SelectorOptions(_Strict):
     def check_budget(self, budget: Budget) -> None:
         """Raise ValueError, saying what to change, when these options cannot work under `budget`."""
 
+    @property
+    def needs_reference_clusters(self) -> bool:
+        """Whether it reads the reference set's mix over the pool's clusters (`SelectionContext.reference_clusters`)."""
+        return False
+
 
 class ZipOptions(_Strict):
     """ZIP selection (Entropy Law): keep the documents that compress worst together (least redundant)."""
@@ -208,9 +213,10 @@ class ZipSelector(ZipOptions, SelectorOptions):
         "the least redundant subset keeps the pool's mix instead of collapsing onto a few domains. 'none': one ZIP "
         "over the whole pool (the paper).",
     )
-    quota: Literal["pool", "uniform"] = Field(
-        "pool", description="strata: each stratum's quota is its share of the pool ('pool') or an equal share "
-        "('uniform'), never more than it holds.")
+    quota: Literal["pool", "uniform", "reference"] = Field(
+        "pool", description="strata: each stratum's quota is its share of the pool ('pool'), an equal share "
+        "('uniform') or, with strata 'cluster', its share of the reference set's documents, each assigned to its "
+        "nearest pool cluster ('reference'); never more than it holds.")
 
     def config(self, budget: Budget) -> ZipConfig:
         return ZipConfig(**self.model_dump(exclude={"method", "strata", "quota"}), **budget.budget_fields())
@@ -219,6 +225,17 @@ class ZipSelector(ZipOptions, SelectorOptions):
         if budget.budget_unit == "tokens":
             return budget
         return budget.model_copy(update={"budget": math.ceil(budget.budget / self.k3) * self.k3})  # whole rounds
+
+    @property
+    def needs_reference_clusters(self) -> bool:
+        return self.quota == "reference" and self.strata == "cluster"
+
+    @model_validator(mode="after")
+    def _reference_quota_by_cluster(self) -> ZipSelector:
+        if self.quota == "reference" and self.strata != "cluster":
+            raise ValueError("zip quota 'reference' needs strata 'cluster' (the reference set is assigned to the "
+                             "pool's clusters)")
+        return self
 
     def check_budget(self, budget: Budget) -> None:
         if self.strata != "none" and budget.budget_unit != "tokens":
@@ -677,8 +694,8 @@ class CurateConfig(_Strict):
 
     @model_validator(mode="after")
     def _reference_for_influence(self) -> CurateConfig:
-        if not self.reference and (targeting := [s.method for s in self.selection.selectors
-                                                  if s.needs_influence or s.needs_reference]):
+        if not self.reference and (targeting := [s.method for s in self.selection.selectors if s.needs_influence
+                                                  or s.needs_reference or s.needs_reference_clusters]):
             raise ValueError(
                 f"reference: selectors {targeting} select toward a reference (target) set, and none is given; add "
                 "`reference: [{path: ...}]` (the sample ships selectflow/data/sample/reference.jsonl.zst) or remove "
@@ -707,6 +724,10 @@ class CurateConfig(_Strict):
     @property
     def needs_influence(self) -> bool:
         return any(selector.needs_influence for selector in self.selection.selectors)
+
+    @property
+    def needs_reference_clusters(self) -> bool:
+        return any(selector.needs_reference_clusters for selector in self.selection.selectors)
 
 
 def _registered(items, options_of, where: str):

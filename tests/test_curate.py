@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -156,6 +157,28 @@ def test_failed_shard_is_retried(prefect_harness, small_config, monkeypatch):
     assert calls[failed[0]] == 2
     assert all(n == 1 for uri, n in calls.items() if uri != failed[0])
     assert summary["stages"][0]["docs_out"] > 0
+
+
+def test_zip_inside_the_reference_sets_cluster_mix(prefect_harness, tmp_path, small_corpus):
+    """The reference set is embedded like the pool, assigned to its clusters, and ZIP runs inside those quotas."""
+    from selectflow.flows.curate import curate
+
+    config = load_config(write_config(
+        tmp_path / "c.yaml", [{"path": str(small_corpus / "part-*.jsonl")}], tmp_path / "ws",
+        reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
+        selection={"budget": 20000, "budget_unit": "tokens", "token_counter": "bytes", "selectors": [
+            {"method": "zip", "k1": 100, "k2": 10, "k3": 5, "strata": "cluster", "quota": "reference"},
+            {"method": "random"}]}))
+    summary = curate(config)
+    run = load_run(ArtifactStore(config.workspace / "store"))
+    (assigned,) = run.refs("reference_clusters")
+    mix = Counter(assigned.read("assignments")["cluster"].to_pylist())
+    (zip_ref,) = run.refs("select_zip")
+    strata = zip_ref.manifest()["stats"]["strata"]
+    assert sum(s["quota"] for s in strata.values()) == 20000 and summary["subsets"]
+    reached = {f"cluster {c}" for c in mix}
+    assert all(s["quota"] == 0 for name, s in strata.items() if name not in reached)  # reference clusters hold it
+    assert {row["group"] for row in zip_ref.read("decisions").to_pylist()} == set(strata)
 
 
 def test_missing_input_fails_at_once(prefect_harness, tmp_path):

@@ -61,12 +61,12 @@ def test_stratified_zip_keeps_the_pool_mix_where_plain_zip_collapses(tmp_path):
     for domain, size in held.items():  # each domain's quota is its share of the pool, met up to one round (k3 = 5)
         share = budget.budget * size / sum(held.values())
         assert share <= stratified[domain] < share + 5 * 400
-    stats = stratified_ref.manifest()["stats"]
-    assert sum(stats["quotas"].values()) == budget.budget and set(stats["strata"]) == {
-        f"{d} (quota {q} of its {held[d.split()[1]]} bytes)" for d, q in stats["quotas"].items()}
+    strata = stratified_ref.manifest()["stats"]["strata"]
+    assert sum(s["quota"] for s in strata.values()) == budget.budget
+    assert {name: s["held"] for name, s in strata.items()} == {f"domain {d}": size for d, size in held.items()}
     decisions = stratified_ref.read("decisions").to_pylist()
-    assert all(d["reason"].startswith(d["group"] + ": ") for d in decisions)
-    assert any("selected in round" in d["reason"] for d in decisions if d["group"].startswith("domain boiler"))
+    assert all(d["reason"].startswith(f"{d['group']} (quota {strata[d['group']]['quota']} of its ") for d in decisions)
+    assert any("selected in round" in d["reason"] for d in decisions if d["group"] == "domain boiler")
 
 
 def test_strata_need_a_tokens_budget():
@@ -75,3 +75,41 @@ def test_strata_need_a_tokens_budget():
     with pytest.raises(ValueError, match="needs the cluster stage's artifact"):
         zip_stage(ArtifactStore("/nonexistent"), [], Budget(budget=10, budget_unit="tokens"),
                   ZipSelector(strata="cluster"), SelectionContext())
+
+
+def test_reference_quotas_follow_the_reference_set_over_the_pool_clusters(tmp_path):
+    from selectflow.config import ClusterConfig, EmbeddingConfig
+    from selectflow.stages.cluster import cluster_stage, embed_stage, embedding_basis_stage, reference_clusters_stage
+
+    store = ArtifactStore(tmp_path)
+    rng = np.random.default_rng(0)
+    topics = {"stars": [f"star{i}" for i in range(40)], "ships": [f"ship{i}" for i in range(40)],
+              "bread": [f"bread{i}" for i in range(40)]}
+    texts = [" ".join(rng.choice(words, 40)) for words in topics.values() for _ in range(80)]
+    domains = [topic for topic in topics for _ in range(80)]
+    pool = [store.build("pool", {}, ["toy"], "test", lambda w: w.write("docs", docs_table(texts, domains, "d")))]
+    reference = [store.build("reference", {}, ["toy"], "test", lambda w: w.write("docs", docs_table(
+        [" ".join(rng.choice(topics["ships"], 40)) for _ in range(20)], ["ships"] * 20, "r")))]
+    embedding = EmbeddingConfig(method="tfidf", dim=8, features=1024, svd_sample=240)
+    basis = embedding_basis_stage(store, pool, embedding)
+    clusters = cluster_stage(store, [embed_stage(store, pool[0], embedding, basis)],
+                             ClusterConfig(embedding=embedding, k=3, n_init=2))
+    assigned = reference_clusters_stage(store, clusters, [embed_stage(store, reference[0], embedding, basis)])
+    stats = assigned.manifest()["stats"]
+    assert stats["docs"] == 20 and stats["clusters_reached"] == 1
+    budget = Budget(budget=sum(len(t.encode()) for t in texts) // 6, budget_unit="tokens", token_counter="bytes")
+    options = ZipSelector(k1=100, k2=5, k3=5, strata="cluster", quota="reference")
+    ref = zip_stage(store, pool, budget, options, SelectionContext(clusters=clusters, reference_clusters=assigned))
+    picked = ref.read("docs")["domain"].to_pylist()
+    assert set(picked) == {"ships"}  # the whole budget goes to the reference set's cluster, which holds it
+    with pytest.raises(ValueError, match="needs the reference set's clusters"):
+        zip_stage(store, pool, budget, options, SelectionContext(clusters=clusters))
+    with pytest.raises(ValueError, match="quota 'reference' needs strata 'cluster'"):
+        ZipSelector(quota="reference")
+
+
+def test_reference_quotas_spill_by_pool_share_once_the_reference_strata_are_full():
+    quotas = stratum_quotas(np.array([100, 300, 600]), 400, "reference", np.array([0, 0, 0]) + [5, 0, 0])
+    assert quotas.tolist() == [100, 100, 200]  # stratum 0 is full; the other 300 follow the pool's 300 : 600
+    with pytest.raises(ValueError, match="needs the target count"):
+        stratum_quotas(np.array([1, 2]), 2, "reference")

@@ -47,11 +47,12 @@ def _curate(config: CurateConfig) -> dict:
             check_docs_budgets(config.selection, sum(ref.rows("docs") for ref in pool.deduped))
             sets = {name: [future.result() for future in futures] for name, futures in sets.items()}
             recorder.held_out(sets)
-            embeddings, clusters = cluster_pool.with_options(task_runner=runner)(
-                workspace, pool.deduped, config.cluster, **retrying)
-            recorder.clustered(embeddings, clusters)
+            clustered = cluster_pool.with_options(task_runner=runner)(
+                workspace, pool.deduped, config.cluster, sets.get("reference") if config.needs_reference_clusters
+                else None, **retrying)
+            recorder.clustered(clustered)
             selection = select_subset.with_options(task_runner=runner)(
-                workspace, pool.deduped, config.selection, clusters, sets.get("reference"),
+                workspace, pool.deduped, config.selection, clustered, sets.get("reference"),
                 config.influence if config.needs_influence else None)
             recorder.selected(selection)
             if config.needs_probes:

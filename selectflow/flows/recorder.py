@@ -12,6 +12,7 @@ from prefect.runtime import deployment, flow_run
 
 from selectflow import summary
 from selectflow.config import CurateConfig, ProbeConfig
+from selectflow.flows.cluster import Clustered
 from selectflow.flows.dedup import DedupResult
 from selectflow.flows.evaluate import ProbeRuns, assess_risk, compare_subsets
 from selectflow.flows.select import Selection
@@ -40,6 +41,7 @@ from selectflow.stages.registry import (
     NGRAMS,
     PROBE,
     QUAD,
+    REFERENCE_CLUSTERS,
 )
 from selectflow.stopping import arm_deadline, is_interruption
 from selectflow.store import ArtifactRef, ArtifactStore, package_code_version
@@ -107,9 +109,11 @@ class RunRecorder:
         for name, refs in sets.items():
             self.stage(f"{name}_set", refs)
 
-    def clustered(self, embeddings: list[ArtifactRef], clusters: ArtifactRef) -> None:
-        self.stage(EMBED, embeddings)
-        self.stage(CLUSTER, [clusters], self.config.cluster.model_dump(), logged=embeddings)
+    def clustered(self, clustered: Clustered) -> None:
+        self.stage(EMBED, clustered.embeddings)
+        self.stage(CLUSTER, [clustered.clusters], self.config.cluster.model_dump(), logged=clustered.embeddings)
+        if clustered.reference is not None:
+            self.stage(REFERENCE_CLUSTERS, [clustered.reference])
 
     def selected(self, selection: Selection) -> None:
         if selection.influence is not None:

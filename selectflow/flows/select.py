@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from prefect import flow
 
 from selectflow.config import InfluenceConfig, SelectionConfig
+from selectflow.flows.cluster import Clustered
 from selectflow.flows.runner import run_stages, run_tasks
 from selectflow.stages.base import selector_stage
 from selectflow.stages.influence import influence_reference_stage
@@ -25,18 +26,20 @@ def select_subset(
     workspace: str,
     pool: list[ArtifactRef],
     cfg: SelectionConfig,
-    clusters: ArtifactRef | None = None,
+    clustered: Clustered | None = None,
     reference: list[ArtifactRef] | None = None,
     influence_cfg: InfluenceConfig | None = None,
 ) -> Selection:
-    """Fit the influence reference when needed, then every selector and baseline side by side over the same pool."""
+    """Fit the influence reference and count n-grams when needed, then every selector and baseline side by side over
+    the same pool."""
     influence = None
     if influence_cfg is not None:  # EK-FAC curvature and the inverse-curvature reference gradient, on every core
         (influence,) = run_stages(influence_reference_stage, "influence-reference", workspace,
                                   [{"reference": reference, "cfg": influence_cfg}], "influence reference",
                                   use_all_cores=True)
     ngrams = count_ngrams(workspace, pool, reference or [], cfg)
-    context = SelectionContext(clusters, influence, influence_cfg, **ngrams)
+    context = SelectionContext(None if clustered is None else clustered.clusters, influence, influence_cfg, **ngrams,
+                               reference_clusters=None if clustered is None else clustered.reference)
     budgets = budgets_by_method(cfg)
     calls = {}
     for options in cfg.selectors:

@@ -27,7 +27,7 @@ from selectflow.cluster.semdedup import semantic_dedup
 from selectflow.config import ClusterConfig, EmbeddingConfig
 from selectflow.fingerprint import code_fingerprint
 from selectflow.stages.base import Decisions, write_decisions
-from selectflow.stages.registry import CLUSTER, EMBED, EMBEDDING_BASIS
+from selectflow.stages.registry import CLUSTER, EMBED, EMBEDDING_BASIS, REFERENCE_CLUSTERS
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -173,6 +173,31 @@ def _decisions(doc_ids: list[str], result, dedup, k: int, cfg: ClusterConfig) ->
                           f"{cfg.semdedup.threshold} to {doc_ids[keeper]}, kept as nearer its centroid",
                           ref=doc_ids[keeper], score=cosine, group=f"cluster {cluster}")
     return decisions
+
+
+def reference_clusters_stage(store: ArtifactStore, clusters: ArtifactRef, embeddings: list[ArtifactRef]) -> ArtifactRef:
+    """The reference set's documents (their embeddings, made like the pool's) each assigned to its nearest pool
+    centroid -> table "assignments" (doc_id, cluster, distance): the reference set's mix over the pool's clusters."""
+
+    def write(writer: ArtifactWriter) -> None:
+        doc_ids, vectors = read_embeddings(embeddings)
+        centroids = clusters.read("clusters", columns=["centroid"])["centroid"].combine_chunks()
+        centroids = centroids.flatten().to_numpy(zero_copy_only=False).reshape(len(centroids), -1)
+        similarity = vectors @ centroids.T
+        nearest = similarity.argmax(axis=1) if len(doc_ids) else np.zeros(0, np.int64)
+        distance = 1.0 - similarity[np.arange(len(doc_ids)), nearest]
+        writer.write("assignments", pa.table({"doc_id": pa.array(doc_ids, pa.string()),
+                                              "cluster": pa.array(nearest, pa.int32()),
+                                              "distance": pa.array(distance, pa.float32())}))
+        writer.stats(docs=len(doc_ids), clusters_reached=len(np.unique(nearest)))
+
+    return store.build(REFERENCE_CLUSTERS.name, {}, [clusters.key, *(ref.key for ref in embeddings)], _CODE, write)
+
+
+def reference_mix(reference_clusters: ArtifactRef) -> dict[int, int]:
+    """Reference documents per pool cluster."""
+    found = reference_clusters.read("assignments", columns=["cluster"])["cluster"].to_numpy()
+    return {int(c): int(n) for c, n in zip(*np.unique(found, return_counts=True))}
 
 
 def kept_doc_ids(cluster_ref: ArtifactRef) -> set[str]:

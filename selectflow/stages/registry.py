@@ -11,6 +11,7 @@ DEDUPED = register(Stage("deduped", Kind.AUXILIARY, row=False))
 EMBEDDING_BASIS = register(Stage("embedding_basis", Kind.AUXILIARY, row=False))
 EMBED = register(Stage("embed", Kind.AUXILIARY, row=False))
 CLUSTER = register(Stage("cluster", Kind.FILTER, work_of=(EMBED.name,)))
+REFERENCE_CLUSTERS = register(Stage("reference_clusters", Kind.AUXILIARY, row=False))
 INFLUENCE = register(Stage("influence_reference", Kind.AUXILIARY))
 ZIP = register(Stage("select_zip", Kind.SELECTOR, subset="zip", options=ZipSelector,
                      run="selectflow.stages.select_zip:zip_stage"))

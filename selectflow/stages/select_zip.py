@@ -6,7 +6,9 @@ A killed stage resumes from its last finished ZIP round: the rounds' state is ch
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -64,29 +66,32 @@ def zip_stage(
             return _zip(data.docs, cfg, progress, ZipCheckpoint(writer.checkpoint_dir))
         names, inverse = np.unique(_strata(data, options.strata), return_inverse=True)
         names = names.tolist()
-        members = {name: np.flatnonzero(inverse == index) for index, name in enumerate(names)}
-        quotas = dict(zip(names, stratum_quotas(np.bincount(inverse, weights=lengths, minlength=len(names)),
-                                                budget.budget, options.quota).tolist()))
-        parts = []
+        target = None
+        if options.needs_reference_clusters:  # reference documents per stratum, each in its nearest pool cluster
+            found = Counter(f"cluster {c}" for c in context.reference_clusters.read(
+                "assignments", columns=["cluster"])["cluster"].to_pylist())
+            target = np.array([found[name] for name in names])
+        held = np.bincount(inverse, weights=lengths, minlength=len(names)).astype(np.int64)
+        quotas = stratum_quotas(held, budget.budget, options.quota, target)
+        strata = []
         for index, name in enumerate(names):
-            rows, quota = members[name], quotas[name]
-            where = f"{name} (quota {quota} of its {int(lengths[rows].sum())} {UNITS[budget.token_counter]})"
-            if quota == 0:
-                parts.append((rows, None, where))
-                continue
-            n = len(rows)
-            local = cfg.model_copy(update={"budget": quota, "k1": min(cfg.k1, n), "k2": min(cfg.k2, n),
-                                           "k3": min(cfg.k3, n)})
-            stratum = data.docs.take(pa.array(rows, pa.int64()))
-            parts.append((rows, _zip(stratum, local, progress, ZipCheckpoint(writer.checkpoint_dir / f"{index}")),
-                          where))
-        return _joined(data, parts, quotas)
+            rows = np.flatnonzero(inverse == index)
+            where = f"{name} (quota {quotas[index]} of its {held[index]} {UNITS[budget.token_counter]})"
+            local = cfg.model_copy(update={"budget": max(int(quotas[index]), 1), "k1": min(cfg.k1, len(rows)),
+                                           "k2": min(cfg.k2, len(rows)), "k3": min(cfg.k3, len(rows))})
+            part = None if quotas[index] == 0 else _zip(data.docs.take(pa.array(rows, pa.int64())), local, progress,
+                                                        ZipCheckpoint(writer.checkpoint_dir / f"{index}"))
+            strata.append(Stratum(name, where, rows, int(quotas[index]), int(held[index]), part))
+        return _joined(data, strata)
 
     clusters = context.clusters if options.strata == "cluster" else context.semdedup()
     if options.strata == "cluster" and clusters is None:
         raise ValueError("zip strata 'cluster' needs the cluster stage's artifact in its SelectionContext")
+    if options.needs_reference_clusters and context.reference_clusters is None:
+        raise ValueError("zip quota 'reference' needs the reference set's clusters in its SelectionContext")
+    inputs = [context.reference_clusters.key] if options.needs_reference_clusters else []
     config = cfg.model_dump() | ({} if options.strata == "none" else {"strata": options.strata, "quota": options.quota})
-    return build_selection(store, ZIP, pool, clusters, cfg.token_counter, config, [], _CODE, select)
+    return build_selection(store, ZIP, pool, clusters, cfg.token_counter, config, inputs, _CODE, select)
 
 
 def _zip(docs: pa.Table, cfg: ZipConfig, progress, checkpoint: ZipCheckpoint) -> Selection:
@@ -108,26 +113,37 @@ def _strata(data: Pool, strata: str) -> list[str]:
     return [f"domain {d}" for d in data.docs["domain"].to_pylist()]
 
 
-def _joined(data: Pool, parts: list[tuple[np.ndarray, Selection | None, str]], quotas: dict[str, int]) -> Selection:
-    """One selection from each stratum's: their picks stratum after stratum, every decision's reason led by its
-    stratum and quota, and the per-stratum stats."""
-    order, rounds, strata = [], [], {}
-    reasons = {}
-    for rows, part, where in parts:
-        if part is None:
-            for doc_id in data.docs.take(pa.array(rows, pa.int64()))["doc_id"].to_pylist():
-                reasons[doc_id] = ("rejected", f"not selected: {where}", None, where)
+@dataclass
+class Stratum:
+    name: str  # e.g. "cluster 3", "domain prose"
+    where: str  # the name with its quota, as reasons give it
+    rows: np.ndarray  # its pool positions
+    quota: int
+    held: int  # budget units it holds
+    selection: Selection | None  # ZIP inside its quota (None: quota 0)
+
+
+def _joined(data: Pool, strata: list[Stratum]) -> Selection:
+    """One selection from each stratum's: their picks stratum after stratum, every decision grouped by its stratum
+    with a reason led by its quota, and per stratum its quota, what it holds and what ZIP took."""
+    doc_ids = data.docs["doc_id"].to_pylist()
+    order, rounds, stats, decided = [], [], {}, {}
+    for stratum in strata:
+        stats[stratum.name] = {"quota": stratum.quota, "held": stratum.held,
+                               "selected": 0 if stratum.selection is None else len(stratum.selection.order)}
+        if stratum.selection is None:
+            decided |= {doc_ids[i]: ("rejected", f"{stratum.where}: not selected, quota 0", None)
+                        for i in stratum.rows.tolist()}
             continue
-        order += [int(rows[i]) for i in part.order]
-        rounds += [{**record, "stratum": where} for record in part.rounds or []]
-        table = part.decisions.table().to_pylist()
-        for row in table:
-            reasons[row["doc_id"]] = (row["decision"], f"{where}: {row['reason']}", row["score"], where)
-        strata[where] = {"selected": len(part.order), "stopped": part.stats["stopped"]}
+        order += [int(stratum.rows[i]) for i in stratum.selection.order]
+        rounds += [{**record, "stratum": stratum.name} for record in stratum.selection.rounds or []]
+        decided |= {row["doc_id"]: (row["decision"], f"{stratum.where}: {row['reason']}", row["score"])
+                    for row in stratum.selection.decisions.table().to_pylist()}
+    group = {doc_ids[i]: stratum.name for stratum in strata for i in stratum.rows.tolist()}
     decisions = Decisions(ZIP.name)
-    for doc_id in data.docs["doc_id"].to_pylist():
-        decision, reason, score, where = reasons[doc_id]
-        decisions.add(doc_id, decision, reason, score=score, group=where)
-    stopped = sorted({s["stopped"] for s in strata.values()})
-    return Selection(order, decisions, {"strata": strata, "quotas": quotas, "stopped": ",".join(stopped),
-                                        "rounds": len(rounds)}, rounds=rounds)
+    for doc_id in doc_ids:
+        decision, reason, score = decided[doc_id]
+        decisions.add(doc_id, decision, reason, score=score, group=group[doc_id])
+    stopped = sorted({s.selection.stats["stopped"] for s in strata if s.selection is not None})
+    return Selection(order, decisions, {"strata": stats, "stopped": ",".join(stopped), "rounds": len(rounds)},
+                     rounds=rounds)

@@ -32,6 +32,7 @@ class SelectionContext:
     influence_cfg: InfluenceConfig | None = None
     ngrams: list[ArtifactRef] | None = None  # hashed n-gram counts per pool shard (for selectors that need_ngrams)
     reference_ngrams: list[ArtifactRef] | None = None  # the same for the reference set
+    reference_clusters: ArtifactRef | None = None  # the reference set assigned to the pool's clusters, when needed
 
     def semdedup(self) -> ArtifactRef | None:
         """The cluster artifact when its semantic dedup dropped documents (a selector must not pick those), else
