@@ -232,9 +232,10 @@ def test_recommendation_says_plainly_when_no_selector_beats_random():
                          {"random": [6.0, 6.2, 5.9], "zip": [6.0, 6.2, 5.9], "quad": [6.5, 6.71, 6.4]})
     recommendation = compare_probes(stats, {}, selectors=["zip", "quad"]).recommendation
     assert recommendation.subset is None
-    assert recommendation.sentence.startswith("No selector beats random on this data at this budget; train on a "
-                                              "uniform sample of the pool (random).")
-    assert "zip: worse than random by 0.203" in recommendation.sentence
-    assert "quad beats random by 0.493" in recommendation.sentence and "but is worse than random by 0.503" in \
-        recommendation.sentence
+    assert recommendation.sentence.startswith("No selector beats random on this data at this budget (subset - "
+                                              "random, bpb: zip +0.203 [")
+    assert "; quad -0.493 [" in recommendation.sentence and "(worse) on the unseen domain" in recommendation.sentence
+    assert recommendation.sentence.endswith("train on a uniform sample of the pool (random).")
+    undecided = compare_probes(_stats({"random": [5.0, 5.4, 4.8], "zip": [5.1, 5.3, 4.9]}), {}, selectors=["zip"])
+    assert "seeds would decide the undecided ones if they are real." in undecided.recommendation.sentence
     assert compare_probes(_stats({"zip": [4.8, 4.9]}), {}).recommendation is None  # no baseline probed

@@ -144,10 +144,11 @@ def part_noise(prober: Prober, workspace: Path, seeds: list[int], budgets: list[
     for tokens in budgets:
         factor = round(tokens / DEFAULT, 3)
         usable = {name: texts for name, texts in subsets.items() if out["subset_bytes"][name] >= tokens}
-        if len(usable) < len(subsets):
+        if len(usable) < len(subsets):  # probed one epoch or not at all: the others are still compared
             short = sorted(set(subsets) - set(usable))
             out["rows"].append({"factor": factor, "skipped": f"{short} hold fewer than {tokens} bytes; run the "
                                 "pipeline with selection budgets (token_counter bytes) of at least that"})
+        if "random" not in usable:
             continue
         jobs = [(name, texts, tokens, s) for s in seeds for name, texts in usable.items()]
         jobs += [(f"full-{s}", corpora.take(random.Random(s).sample(pool, len(pool)), int(tokens * MARGIN)),

@@ -167,26 +167,40 @@ def recommend(metrics: Mapping[str, Mapping[str, Interval]], differences: Sequen
               selectors: Sequence[str]) -> Recommendation:
     """Which of the `selectors`' subsets to train on, from their paired differences vs the baseline."""
     found = {(d.subset, d.metric): d for d in differences}
-    winners, against = [], []
-    for name in (name for name in selectors if (name, "reference_bpb") in found):
+    probed = [name for name in selectors if (name, "reference_bpb") in found]
+    winners = [name for name in probed if found[name, "reference_bpb"].verdict == "better"
+               and (found.get((name, "unseen_bpb")) is None or found[name, "unseen_bpb"].verdict != "worse")]
+    if winners:
+        best = min(winners, key=lambda name: metrics[name]["reference_bpb"].mean)
+        unseen = found.get((best, "unseen_bpb"))
+        also = [name for name in winners if name != best]
+        return Recommendation(best, f"Recommended: {best}, which {found[best, 'reference_bpb'].sentence}"
+                              + (f"; unseen domain: {unseen.sentence}" if unseen else "")
+                              + (f". Also beating {BASELINE}: {', '.join(also)}" if also else "") + ".")
+    if not probed:
+        return Recommendation(None, "No selector was probed against random: nothing to recommend.")
+    falls_short = []
+    for name in probed:
         reference, unseen = found[name, "reference_bpb"], found.get((name, "unseen_bpb"))
-        if reference.verdict == "better" and (unseen is None or unseen.verdict != "worse"):
-            winners.append(name)
-        elif reference.verdict == "better":
-            against.append(f"{name} {reference.sentence} but is {unseen.sentence}")
-        else:
-            against.append(f"{name}: {reference.sentence}")
-    if not winners:
-        if not against:
-            return Recommendation(None, "No selector was probed against random: nothing to recommend.")
-        return Recommendation(None, f"No selector beats {BASELINE} on this data at this budget; train on a uniform "
-                                    f"sample of the pool ({BASELINE}). " + "; ".join(against) + ".")
-    best = min(winners, key=lambda name: metrics[name]["reference_bpb"].mean)
-    unseen = found.get((best, "unseen_bpb"))
-    also = [name for name in winners if name != best]
-    return Recommendation(best, f"Recommended: {best}, which {found[best, 'reference_bpb'].sentence}"
-                          + (f"; unseen domain: {unseen.sentence}" if unseen else "")
-                          + (f". Also beating {BASELINE}: {', '.join(also)}" if also else "") + ".")
+        shortfall = f"{name} {_signed(reference)} on the reference set"
+        if reference.verdict == "better":  # then it is worse on the unseen domain
+            shortfall += f" but {_signed(unseen)} (worse) on the unseen domain"
+        falls_short.append(shortfall)
+    needed = sorted({d.seeds_to_decide for name in probed if (d := found[name, "reference_bpb"]).seeds_to_decide})
+    seeds = "-".join(map(str, sorted({needed[0], needed[-1]}))) if needed else ""
+    more = f"; about {seeds} seeds would decide the undecided ones if they are real" if needed else ""
+    return Recommendation(None, f"No selector beats {BASELINE} on this data at this budget (subset - {BASELINE}, "
+                                f"bpb: {'; '.join(falls_short)}): train on a uniform sample of the pool "
+                                f"({BASELINE}){more}.")
+
+
+def _signed(difference: Difference) -> str:
+    if difference.interval is None:
+        return "not comparable"
+    if difference.interval.low is None:
+        return f"{difference.interval.mean:+.3f} (1 seed)"
+    return f"{difference.interval.mean + 0.0:+.3f} [{difference.interval.low + 0.0:+.3f}, " \
+           f"{difference.interval.high + 0.0:+.3f}]"
 
 
 def learning_speeds(curves: Mapping[str, Mapping[int, tuple[Sequence[int], Sequence[float | None]]]],
