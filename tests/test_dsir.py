@@ -43,6 +43,22 @@ def test_with_a_reference_like_the_pool_the_sample_keeps_the_mix():
     assert 0.25 < (chosen >= 200).mean() < 0.75
 
 
+def test_normalized_weights_do_not_favour_short_documents():
+    from scipy.stats import spearmanr
+
+    from selectflow.select.dsir import length_normalized
+
+    rng = np.random.default_rng(0)
+    pool = [" ".join(rng.choice(KITCHEN + SHARED, int(n))) for n in rng.integers(5, 400, 300)]
+    reference = texts_of(KERNEL, 50, 2)  # unlike the whole pool: every weight is negative
+    counts = ngram_counts(pool, 4096, 2)
+    weights = log_importance(counts, log_probabilities(ngram_counts(reference, 4096, 2).sum(axis=0).A1, 1.0),
+                             log_probabilities(counts.sum(axis=0).A1, 1.0))
+    lengths = [len(text.split()) for text in pool]
+    assert spearmanr(weights, lengths)[0] < -0.9  # summed: the shorter, the likelier
+    assert abs(spearmanr(length_normalized(weights, counts), lengths)[0]) < 0.3
+
+
 def test_resampling_is_seeded_and_meets_a_tokens_budget():
     weights = np.random.default_rng(0).normal(size=300)
     lengths = np.random.default_rng(1).integers(10, 100, 300)
@@ -76,5 +92,8 @@ def test_stages_select_the_reference_domain_with_a_weight_per_document(tmp_path)
     assert "log importance weight" in picked["reason"] and "drawn #" in picked["reason"]
     assert ref.manifest()["stats"]["docs_out"] == 50
     assert select_dsir_stage(store, pool, Budget(budget=50), options, context).key == ref.key  # cached
+    normalized = select_dsir_stage(store, pool, Budget(budget=50), options.model_copy(update={"length": "normalized"}),
+                                   context)
+    assert normalized.key != ref.key and set(normalized.read("docs")["domain"].to_pylist()) == {"kernel"}
     with pytest.raises(ValueError, match="needs the n-gram counts"):
         select_dsir_stage(store, pool, Budget(budget=50), options, SelectionContext())

@@ -39,6 +39,12 @@ def log_importance(counts: sp.csr_matrix, target: np.ndarray, raw: np.ndarray) -
     return np.asarray(counts @ (target - raw), dtype=np.float64).ravel()
 
 
+def length_normalized(log_weights: np.ndarray, counts: sp.csr_matrix) -> np.ndarray:
+    """Log weights as if every document had the median number of n-grams: mean log ratio per n-gram x that median."""
+    ngrams = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    return log_weights / np.maximum(ngrams, 1.0) * float(np.median(ngrams)) if len(ngrams) else log_weights
+
+
 def importance_resample(log_weights: np.ndarray, lengths: np.ndarray | None, budget: int, unit: BudgetUnit,
                         seed: int) -> np.ndarray:
     """Pool indices drawn without replacement with probability proportional to exp(log_weights), in draw order,

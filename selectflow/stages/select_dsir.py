@@ -11,7 +11,13 @@ import scipy.sparse as sp
 
 from selectflow.config import Budget, DsirSelector, NgramFeatures
 from selectflow.fingerprint import code_fingerprint
-from selectflow.select.dsir import importance_resample, log_importance, log_probabilities, ngram_counts
+from selectflow.select.dsir import (
+    importance_resample,
+    length_normalized,
+    log_importance,
+    log_probabilities,
+    ngram_counts,
+)
 from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
 from selectflow.stages.registry import DSIR, NGRAMS
@@ -67,8 +73,10 @@ def select_dsir_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Bud
         raw = log_probabilities(pool_counts.sum(axis=0).A1, options.smoothing)
         target = log_probabilities(reference_counts.sum(axis=0).A1, options.smoothing)
         row = {doc_id: index for index, doc_id in enumerate(pool_ids)}
-        weights = log_importance(pool_counts[[row[doc_id] for doc_id in data.docs["doc_id"].to_pylist()]], target,
-                                 raw)
+        counts = pool_counts[[row[doc_id] for doc_id in data.docs["doc_id"].to_pylist()]]
+        weights = log_importance(counts, target, raw)
+        if options.length == "normalized":
+            weights = length_normalized(weights, counts)
         chosen = importance_resample(weights, lengths if budget.budget_unit == "tokens" else None, budget.budget,
                                      budget.budget_unit, options.seed)
         by_weight = np.empty(len(weights), np.int64)
