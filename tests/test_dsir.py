@@ -92,8 +92,7 @@ def test_stages_select_the_reference_domain_with_a_weight_per_document(tmp_path)
     assert "log importance weight" in picked["reason"] and "drawn #" in picked["reason"]
     assert ref.manifest()["stats"]["docs_out"] == 50
     assert select_dsir_stage(store, pool, Budget(budget=50), options, context).key == ref.key  # cached
-    normalized = select_dsir_stage(store, pool, Budget(budget=50), options.model_copy(update={"length": "normalized"}),
-                                   context)
-    assert normalized.key != ref.key and set(normalized.read("docs")["domain"].to_pylist()) == {"kernel"}
+    summed = select_dsir_stage(store, pool, Budget(budget=50), options.model_copy(update={"length": "sum"}), context)
+    assert summed.key != ref.key and set(summed.read("docs")["domain"].to_pylist()) == {"kernel"}
     with pytest.raises(ValueError, match="needs the n-gram counts"):
         select_dsir_stage(store, pool, Budget(budget=50), options, SelectionContext())
