@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from selectflow.config import Budget, ZipConfig, ZipSelector
 from selectflow.fingerprint import code_fingerprint
+from selectflow.select.baselines import take_budget
 from selectflow.select.strata import stratum_quotas
 from selectflow.select.zip import ZipCheckpoint, zip_select
 from selectflow.stages.base import Decisions
@@ -72,7 +73,9 @@ def zip_stage(
                 "assignments", columns=["cluster"])["cluster"].to_pylist())
             target = np.array([found[name] for name in names])
         held = np.bincount(inverse, weights=lengths, minlength=len(names)).astype(np.int64)
-        quotas = stratum_quotas(held, budget.budget, options.quota, target)
+        # Every round K2 candidates leave the pool and K3 of them are picked: ZIP takes about K3/K2 of a stratum.
+        quotas = stratum_quotas((held * min(1.0, cfg.k3 / cfg.k2)).astype(np.int64), budget.budget, options.quota,
+                                target)
         strata = []
         for index, name in enumerate(names):
             rows = np.flatnonzero(inverse == index)
@@ -81,7 +84,7 @@ def zip_stage(
                                            "k2": min(cfg.k2, len(rows)), "k3": min(cfg.k3, len(rows))})
             part = None if quotas[index] == 0 else _zip(data.docs.take(pa.array(rows, pa.int64())), local, progress,
                                                         ZipCheckpoint(writer.checkpoint_dir / f"{index}"))
-            strata.append(Stratum(name, where, rows, int(quotas[index]), int(held[index]), part))
+            strata.append(Stratum(name, where, rows, lengths[rows], int(quotas[index]), int(held[index]), part))
         return _joined(data, strata)
 
     clusters = context.clusters if options.strata == "cluster" else context.semdedup()
@@ -118,27 +121,37 @@ class Stratum:
     name: str  # e.g. "cluster 3", "domain prose"
     where: str  # the name with its quota, as reasons give it
     rows: np.ndarray  # its pool positions
+    lengths: np.ndarray  # their tokens
     quota: int
     held: int  # budget units it holds
     selection: Selection | None  # ZIP inside its quota (None: quota 0)
 
 
 def _joined(data: Pool, strata: list[Stratum]) -> Selection:
-    """One selection from each stratum's: their picks stratum after stratum, every decision grouped by its stratum
-    with a reason led by its quota, and per stratum its quota, what it holds and what ZIP took."""
+    """One selection from each stratum's: their picks stratum after stratum, each cut to its quota (ZIP checks its
+    budget after whole rounds of K3), every decision grouped by its stratum with a reason led by its quota, and per
+    stratum its quota, what it holds and what was taken."""
     doc_ids = data.docs["doc_id"].to_pylist()
     order, rounds, stats, decided = [], [], {}, {}
     for stratum in strata:
-        stats[stratum.name] = {"quota": stratum.quota, "held": stratum.held,
-                               "selected": 0 if stratum.selection is None else len(stratum.selection.order)}
         if stratum.selection is None:
+            stats[stratum.name] = {"quota": stratum.quota, "held": stratum.held, "selected": 0, "tokens": 0}
             decided |= {doc_ids[i]: ("rejected", f"{stratum.where}: not selected, quota 0", None)
                         for i in stratum.rows.tolist()}
             continue
-        order += [int(stratum.rows[i]) for i in stratum.selection.order]
+        picked = np.asarray(stratum.selection.order, np.int64)
+        kept = take_budget(picked, stratum.lengths, stratum.quota, "tokens")
+        stats[stratum.name] = {"quota": stratum.quota, "held": stratum.held, "selected": len(kept),
+                               "tokens": int(stratum.lengths[kept].sum())}
+        order += stratum.rows[kept].tolist()
         rounds += [{**record, "stratum": stratum.name} for record in stratum.selection.rounds or []]
-        decided |= {row["doc_id"]: (row["decision"], f"{stratum.where}: {row['reason']}", row["score"])
-                    for row in stratum.selection.decisions.table().to_pylist()}
+        beyond = {doc_ids[i] for i in stratum.rows[picked[len(kept):]].tolist()}
+        for row in stratum.selection.decisions.table().to_pylist():
+            if row["doc_id"] in beyond:
+                decided[row["doc_id"]] = ("rejected", f"{stratum.where}: not selected: beyond the quota, though "
+                                          f"{row['reason']}", row["score"])
+            else:
+                decided[row["doc_id"]] = (row["decision"], f"{stratum.where}: {row['reason']}", row["score"])
     group = {doc_ids[i]: stratum.name for stratum in strata for i in stratum.rows.tolist()}
     decisions = Decisions(ZIP.name)
     for doc_id in doc_ids:
