@@ -1,4 +1,4 @@
-"""The `curate` DAG: ingest -> exact + near dedup -> clusters -> influence -> selection (ZIP, QUAD, baselines)
+"""The `curate` DAG: ingest -> exact + near dedup -> clusters -> influence -> selection (ZIP, QUAD, DSIR, baselines)
 -> probe training -> entropy-law risk check -> report."""
 
 from prefect import flow
