@@ -13,6 +13,7 @@ import numpy as np
 
 from selectflow.report import plots
 from selectflow.report.data import Estimate, Probes, Risk, RunReport
+from selectflow.select.strata import effective_strata
 
 VERDICT_CLASS = {"ok": "ok", "at risk": "risk", "inconclusive": "inconclusive", "law contradicted": "contradicted",
                  "insufficient history": "unknown"}
@@ -238,14 +239,6 @@ def _funnel_section(report: RunReport, colours: dict[str, str]) -> str:
     return _section("funnel", plot + table)
 
 
-def _effective_clusters(counts: dict) -> float:
-    values = np.asarray([v for v in counts.values() if v > 0], float)
-    if values.size == 0:
-        return 0.0
-    p = values / values.sum()
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
 def _cluster_section(report: RunReport, names: list[str], colours: dict[str, str]) -> str:
     clusters = report.clusters
     if clusters is None or not clusters.pool:
@@ -258,7 +251,7 @@ def _cluster_section(report: RunReport, names: list[str], colours: dict[str, str
         covered = sum(1 for v in counts.values() if v > 0)
         top = max(counts, key=counts.get) if counts else None
         top_share = round(100.0 * counts[top] / total, 1) if total else None
-        table_rows.append((_subset_label(name, colours), total, covered, _effective_clusters(counts),
+        table_rows.append((_subset_label(name, colours), total, covered, effective_strata(counts.values()),
                            f"{top} {clusters.labels.get(top, '')}".strip() if top is not None else None, top_share))
     plot = _figure_html(lambda: plots.cluster_figure(clusters, names, colours), "cluster composition per subset")
     table = _table(["subset", "docs", f"clusters covered (of {k})", "effective clusters", "largest cluster",

@@ -54,3 +54,13 @@ def _water_fill(sizes: np.ndarray, budget: float, weights: np.ndarray) -> np.nda
         capped |= over
         left = budget - share[capped].sum()
     return share
+
+
+def effective_strata(amounts) -> float:
+    """exp(entropy) of the shares of these amounts (per stratum): how many strata a mix draws on, evenly counted
+    (0.0 when it holds nothing)."""
+    values = np.asarray([a for a in amounts if a > 0], dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    shares = values / values.sum()
+    return float(np.exp(-(shares * np.log(shares)).sum()))

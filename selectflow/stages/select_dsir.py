@@ -73,7 +73,8 @@ def select_dsir_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Bud
         raw = log_probabilities(pool_counts.sum(axis=0).A1, options.smoothing)
         target = log_probabilities(reference_counts.sum(axis=0).A1, options.smoothing)
         row = {doc_id: index for index, doc_id in enumerate(pool_ids)}
-        counts = pool_counts[[row[doc_id] for doc_id in data.docs["doc_id"].to_pylist()]]
+        doc_ids = data.docs["doc_id"].to_pylist()
+        counts = pool_counts[[row[doc_id] for doc_id in doc_ids]]
         weights = log_importance(counts, target, raw)
         if options.length == "normalized":
             weights = length_normalized(weights, counts)
@@ -84,7 +85,7 @@ def select_dsir_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Bud
         drawn = np.full(len(weights), -1)
         drawn[chosen] = np.arange(len(chosen))
         decisions = Decisions(DSIR.name)
-        for index, doc_id in enumerate(data.docs["doc_id"].to_pylist()):
+        for index, doc_id in enumerate(doc_ids):
             weight = f"log importance weight {weights[index]:+.2f} (rank {by_weight[index] + 1} of {len(weights)})"
             if drawn[index] >= 0:
                 decisions.add(doc_id, "selected", f"selected: {weight}, drawn #{drawn[index] + 1} of {len(chosen)} "

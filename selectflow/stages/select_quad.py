@@ -17,6 +17,7 @@ from selectflow.config import Budget, InfluenceConfig, QuadConfig, QuadSelector,
 from selectflow.fingerprint import code_fingerprint
 from selectflow.select.baselines import random_select, topk_select
 from selectflow.select.quad import QuadError, QuadResult, neighbours_from_arrays, quad_select
+from selectflow.select.strata import effective_strata
 from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
 from selectflow.stages.registry import QUAD, RANDOM, TOPK
@@ -197,12 +198,10 @@ def budget_aware_block(cfg: QuadConfig, lengths: np.ndarray, clusters: int) -> i
 
 
 def effective_clusters(clusters: np.ndarray, lengths: np.ndarray) -> float | None:
-    """exp(entropy) of the selection's tokens over clusters: how many clusters it draws on, evenly counted."""
+    """How many clusters the selection's tokens draw on, evenly counted (None for an empty selection)."""
     if not len(clusters) or lengths.sum() == 0:
         return None
-    shares = np.bincount(clusters - clusters.min(), weights=lengths) / lengths.sum()
-    shares = shares[shares > 0]
-    return float(np.exp(-(shares * np.log(shares)).sum()))
+    return effective_strata(np.bincount(clusters - clusters.min(), weights=lengths))
 
 
 # ----------------------------------------------------------------------------------------------- baselines
