@@ -127,16 +127,19 @@ class ZlibPrefix:
     def __init__(self, level: int = ZLIB_LEVEL) -> None:
         self.level = level
         self._stream = zlib.compressobj(level)
-        self._out: list[bytes] = []
         self.raw_bytes = 0  # bytes fed so far
         self.emitted_bytes = 0  # compressed bytes the stream has already produced
 
     def feed(self, data: bytes) -> None:
         out = self._stream.compress(data)
         self.raw_bytes += len(data)
-        if out:
-            self.emitted_bytes += len(out)
-            self._out.append(out)
+        self.emitted_bytes += len(out)  # only the size is kept: a prefix of 10^5 documents stays small in memory
+
+    def output_with(self, suffix: bytes) -> bytes:
+        """What the stream would emit after its prefix's output for prefix + suffix (the prefix's own output is
+        not kept: only its size, ``emitted_bytes``)."""
+        branch = self._stream.copy()
+        return branch.compress(suffix) + branch.flush()
 
     def size_with(self, suffix: bytes) -> tuple[int, int]:
         """(raw bytes, compressed bytes) of prefix + suffix, leaving this stream untouched."""
@@ -145,11 +148,6 @@ class ZlibPrefix:
             self.raw_bytes + len(suffix),
             self.emitted_bytes + len(branch.compress(suffix)) + len(branch.flush()),
         )
-
-    def compress_with(self, suffix: bytes) -> bytes:
-        """The full compressed bytes of prefix + suffix (for tests; keeps the prefix output in memory)."""
-        branch = self._stream.copy()
-        return b"".join(self._out) + branch.compress(suffix) + branch.flush()
 
 
 class ReprListPrefix(ZlibPrefix):

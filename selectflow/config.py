@@ -163,8 +163,9 @@ class ZipOptions(_Strict):
     mode: Literal["exact", "zstd", "gain"] = Field(
         "exact",
         description="'exact': the published algorithm (zlib-9 ratio of the repr of the records, stage 3 with an "
-        "empty anchor), same picks as the reference code. 'zstd': same stages, but each candidate is scored by its "
-        "marginal zstd ratio against the WHOLE selected set (text only), so repetition beyond 32 KB counts. 'gain': "
+        "empty anchor), same picks as the reference code. 'zstd': same stages, but stage 2 scores each candidate by "
+        "its marginal zstd ratio against the WHOLE selected set (text only), so repetition beyond 32 KB counts, and "
+        "stage 3 against the round's earlier picks (the paper's anchor). 'gain': "
         "'zstd' net of the fixed frame cost, i.e. by the compressed bytes a document adds per raw byte, which does "
         "not favour short documents.",
     )

@@ -13,7 +13,7 @@ from conftest import sample_records
 from selectflow.compression import set_ratio
 from selectflow.schema import DOCS
 from selectflow.select import DECISIONS_SCHEMA, ZipConfig, ZipError, record_repr, zip_select
-from selectflow.select.zip import ZipCheckpoint
+from selectflow.select.zip import ZipCheckpoint, lowest_unused
 
 _spec = importlib.util.spec_from_file_location("zip_naive", Path(__file__).parents[1] / "bench" / "zip" / "naive.py")
 naive = importlib.util.module_from_spec(_spec)
@@ -178,6 +178,28 @@ def test_gain_mode_is_length_neutral(docs):
     assert median["zstd"] < 0.5 * pool < 0.75 * pool < median["gain"]  # plain ZIP takes the short documents
 
 
+def test_stage_one_takes_the_k_lowest_unused_ties_by_position():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 400))
+        pi = rng.integers(0, 12, n).astype(float)  # many ties
+        used = rng.random(n) < rng.random()
+        k = int(rng.integers(1, n - used.sum() + 1)) if used.sum() < n else 0
+        expected = np.argsort(np.where(used, np.inf, pi), kind="stable")[:k]
+        assert lowest_unused(pi, used, k).tolist() == expected.tolist()
+
+
+def test_zstd_context_is_the_last_window_of_the_joined_texts():
+    from selectflow.compression import SEPARATOR
+    from selectflow.select.zip import _ZstdScorer
+
+    items = [bytes([65 + i % 26]) * (50 + 37 * i) for i in range(40)]
+    scorer = _ZstdScorer(items, workers=1, level=3, window_log=10)
+    for ids in ([], [3], list(range(40)), [39, 0, 5, 2], list(range(0, 40, 3))):
+        joined = SEPARATOR.encode().join(items[i] for i in ids)
+        assert scorer._recent_text(ids) == joined[-((1 << 10) - 1):]
+
+
 # ----------------------------------------------------------------------------------------------- resume
 
 
@@ -222,6 +244,30 @@ def test_killed_run_resumes_from_last_finished_round(docs, cfg, tmp_path):
     resumed = zip_select(docs, cfg, progress=lambda done, info: ran.append(done), checkpoint=checkpoint)
     assert resumed.resumed_from_round == 2 and fresh.resumed_from_round == 0
     assert ran == list(range(3, len(fresh.rounds) + 1))  # only the rounds after the second were run again
+    _same_result(resumed, fresh)
+
+
+def test_costly_checkpoints_are_spaced_and_the_run_still_resumes(docs, tmp_path, monkeypatch):
+    cfg = RESUME_CONFIGS[0]
+    fresh = zip_select(docs, cfg)
+    checkpoint = ZipCheckpoint(tmp_path)
+    saved = []
+    save = checkpoint.save
+
+    def slow_save(state):  # stands for the ~50 MB a pool of 10^6 documents writes
+        save(state)
+        saved.append(len(state.rounds))
+        clock[0] += 1.0
+
+    clock = [0.0]
+    monkeypatch.setattr("selectflow.select.zip.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    with pytest.raises(Killed):
+        zip_select(docs, cfg, progress=_kill_after(4), checkpoint=checkpoint)
+    assert saved == [1]  # the first save took 1 s, so the next waits for 20 s (no round took any time)
+    monkeypatch.undo()
+    resumed = zip_select(docs, cfg, checkpoint=ZipCheckpoint(tmp_path))
+    assert resumed.resumed_from_round == 1
     _same_result(resumed, fresh)
 
 

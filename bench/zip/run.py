@@ -13,6 +13,12 @@ licences, ShareGPT Q&A; ~17k records, kept as original records), shuffled with s
   the fast run's own trajectory, which the compare part shows to be the naive one's), divided by the 2 processes.
 - zstd:    the same pool/budget in zstd mode; whole-subset ratios (zstd-19 long window, zlib-9 on texts joined by a
   blank line) of exact, zstd and 5 random subsets of the same size.
+- naive:   the paper part's pool, budget and K with the naive reference run to the END (2 processes, ~47 min on 2
+  idle cores), and selectflow's exact mode on the same pool, alternately timed; ids compared.
+- scale:   `--pool N --budget B --mode M` (default 1,000,000 / 100,000 / exact), the paper's K, 2 worker threads and
+  the stage's checkpointing, on the dedup benchmark's corpus of N documents (`bench/dedup/build_corpus.py`: real
+  Debian text, ~30% near and exact copies; no records, so exact mode scores repr({"text": ...})). Wall and CPU
+  seconds, peak RSS, median seconds per round and stage.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -39,9 +47,11 @@ from naive import naive_zip  # noqa: E402
 from selectflow.compression import compression_ratio, join_texts  # noqa: E402
 from selectflow.schema import DOCS  # noqa: E402
 from selectflow.select import ZipConfig, zip_select  # noqa: E402
+from selectflow.select.zip import ZipCheckpoint  # noqa: E402
 
 SAMPLE = ROOT / "selectflow" / "data" / "sample"
 NAIVE_ROUNDS = 3
+PAPER_K = dict(k1=10_000, k2=200, k3=100)
 
 
 def load_docs(n: int) -> pa.Table:
@@ -139,6 +149,63 @@ def part_paper() -> None:
     emit(out)
 
 
+def part_naive() -> None:
+    docs = load_docs(10_000)
+    ids = docs["doc_id"].to_pylist()
+    out = {"part": "naive", "pool": 10_000, "budget": 1000, **PAPER_K, "cores": os.cpu_count()}
+    t = time.perf_counter()
+    fast = zip_select(docs, ZipConfig(budget=1000, workers=2, **PAPER_K))
+    out["seconds_fast_threads"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    slow = [ids[i] for i in naive_zip(records_of(docs), 1000, processes=2, **PAPER_K)]
+    out["seconds_naive_2proc"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    again = zip_select(docs, ZipConfig(budget=1000, workers=2, **PAPER_K))
+    out["seconds_fast_threads_after"] = round(time.perf_counter() - t, 1)
+    out["identical_ids_in_order"] = slow == fast.selected == again.selected
+    out["speedup"] = round(out["seconds_naive_2proc"] / statistics.median(
+        [out["seconds_fast_threads"], out["seconds_fast_threads_after"]]), 1)
+    emit(out)
+
+
+def scale_docs(n: int) -> pa.Table:
+    sys.path.insert(0, str(ROOT / "bench" / "dedup"))
+    import pyarrow.parquet as pq
+    from build_corpus import build
+
+    corpus = pq.read_table(build(n), columns=["doc_id", "source", "line", "text", "content_hash"])
+    n_bytes = pa.array([len(t.encode()) for t in corpus["text"].to_pylist()], pa.int64())
+    nulls = pa.nulls(corpus.num_rows, pa.string())
+    return pa.table([corpus["doc_id"], corpus["source"], corpus["line"], nulls, corpus["text"],
+                     corpus["content_hash"], n_bytes, nulls], schema=DOCS)
+
+
+def part_scale(pool: int, budget: int, mode: str) -> None:
+    docs = scale_docs(pool)
+    out = {"part": "scale", "pool": pool, "budget": budget, "mode": mode, **PAPER_K, "workers": 2,
+           "parallel": "threads", "cores": os.cpu_count(), "pool_mbytes": round(sum(docs["n_bytes"].to_pylist()) / 1e6)}
+    started = time.perf_counter()
+
+    def progress(done: int, info: dict) -> None:
+        if done % 50 == 0:
+            print(f"round {done}: {info['n_selected']} selected, {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    cpu, t = os.times(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        res = zip_select(docs, ZipConfig(mode=mode, budget=budget, workers=2, **PAPER_K), progress=progress,
+                         checkpoint=ZipCheckpoint(Path(folder)))
+    wall, after = time.perf_counter() - t, os.times()
+    out.update(seconds_wall=round(wall, 1), seconds_cpu=round(after.user - cpu.user + after.system - cpu.system, 1),
+               cores_used=round((after.user - cpu.user + after.system - cpu.system) / wall, 2),
+               peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+               seconds={k: round(v, 1) for k, v in res.seconds.items()}, rounds=len(res.rounds),
+               n_selected=len(res.selected), final_ratio=res.final_ratio)
+    for stage in ("global", "coarse", "fine"):
+        out[f"median_round_seconds_{stage}"] = round(statistics.median(r[f"seconds_{stage}"] for r in res.rounds), 3)
+    emit(out)
+
+
 def _ratios(texts: list[str]) -> dict:
     joined = join_texts(texts)
     return {"zstd19_long": round(compression_ratio(joined, "zstd", 19, 27), 4),
@@ -184,10 +251,18 @@ def part_zstd() -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["compare", "paper", "zstd", "all"], default="all")
-    part = ap.parse_args().part
+    ap.add_argument("--part", choices=["compare", "paper", "zstd", "naive", "scale", "all"], default="all",
+                    help="all = compare, zstd, paper (naive and scale take an hour each)")
+    ap.add_argument("--pool", type=int, default=1_000_000, help="scale: documents in the pool")
+    ap.add_argument("--budget", type=int, default=100_000, help="scale: documents selected")
+    ap.add_argument("--mode", choices=["exact", "zstd", "gain"], default="exact", help="scale: ZIP mode")
+    args = ap.parse_args()
     emit({"start": time.strftime("%Y-%m-%d %H:%M:%S"), "cores": os.cpu_count(), "zlib": zlib.ZLIB_RUNTIME_VERSION,
           "zstd": zstandard.ZSTD_VERSION})
     for name, fn in (("compare", part_compare), ("zstd", part_zstd), ("paper", part_paper)):
-        if part in (name, "all"):
+        if args.part in (name, "all"):
             fn()
+    if args.part == "naive":
+        part_naive()
+    if args.part == "scale":
+        part_scale(args.pool, args.budget, args.mode)

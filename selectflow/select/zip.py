@@ -25,11 +25,13 @@ zstd frame (compressing nothing with the same context), divided by ``bytes ** b`
 log(own ratio) on log(bytes) over the pool: candidates compete on redundancy against documents of their length.
 
 ``zstd`` (beyond the paper) runs the same three stages on the documents' ``text``, but a candidate's score is its
-*marginal* ratio against the WHOLE current set: ``len(x) / len(zstd(x | context))`` where the context is the
-selected texts (joined by a blank line; in stage 3 followed by this round's picks) used as a raw-content zstd
-dictionary, so repetition anywhere in the selected set counts (zlib's window is 32 KB; past zstd's window of
-``2**zstd_window_log`` bytes, the most recent window of selected text is the context). π starts as the own ratio
-``len(x) / len(zstd(x))``.
+*marginal* ratio ``len(x) / len(zstd(x | context))``, the context used as a raw-content zstd dictionary. In stage 2
+the context is the WHOLE selected set (texts joined by a blank line), so repetition anywhere in it counts (zlib's
+window is 32 KB; past zstd's window of ``2**zstd_window_log`` bytes, the most recent window of selected text is the
+context). It is built once per round. In stage 3 the context is this round's picks, as the paper's anchor: the K2
+candidates already are the least redundant against the selected set, and a context of at most K3 documents is
+cheap to rebuild after every pick (rebuilding the selected set's, megabytes, after every pick made this mode ~30x
+slower). π starts as the own ratio ``len(x) / len(zstd(x))``.
 
 Ties (exact and zstd): always broken by pool position (row order of the input table), lower first: stage 1 sorts
 by (π, position), stage 2 by (ratio, position), stage 3 takes the lowest (ratio, position). The reference uses
@@ -58,9 +60,10 @@ Resume
 ------
 The granularity is one round: with a ``ZipCheckpoint``, the run's ``ZipState`` (selection so far, the cached π,
 the per-document bookkeeping, the rounds' records) is saved after every finished round, and a run killed mid-way
-resumes from its last finished round, with the same picks, decisions and rounds as an uninterrupted run (the work
-of the interrupted round is redone). A checkpoint of another pool or config, or an unreadable one, is ignored with
-a warning.
+resumes from its last saved round, with the same picks, decisions and rounds as an uninterrupted run (the work
+since is redone). On pools of ~10^6 documents a save writes ~50 MB; there saves are spaced so that they cost at
+most ~5% of the run (``ZipCheckpoint.save_throttled``). A checkpoint of another pool or config, or an unreadable
+one, is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ DECISIONS_SCHEMA = pa.schema(
         # reached stage 3, else its last π)
         pa.field("ratio", pa.float64(), nullable=False),
         # selected only: compressed bytes it added when picked (exact: growth of zlib(str(round picks)); zstd:
-        # its marginal zstd size against the selected set and the round's earlier picks)
+        # its marginal zstd size against the round's earlier picks)
         pa.field("marginal_bytes", pa.int64()),
     ]
 )
@@ -181,10 +184,14 @@ class ZipCheckpoint:
     Each save replaces the file atomically, so a kill leaves either the previous round's state or the new one."""
 
     FILE = "zip_state.npz"
+    CHEAP_SAVE_S = 0.05
+    OVERHEAD_FACTOR = 20
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / self.FILE
+        self._last_save_s = 0.0
+        self._last_saved_at = 0.0
 
     def load(self) -> ZipState | None:
         """The saved state, or None when there is none or it cannot be read (logged, never raised)."""
@@ -197,6 +204,18 @@ class ZipCheckpoint:
             logger.warning("zip: ignoring unreadable checkpoint %s (%s: %s); starting from round 1",
                            self.path, type(exc).__name__, exc)
             return None
+
+    def save_throttled(self, state: ZipState) -> None:
+        """Save after a round unless that would make checkpointing a noticeable share of the run: a save taking
+        more than CHEAP_SAVE_S (a pool of ~10^6 documents writes ~50 MB) waits until OVERHEAD_FACTOR times its
+        duration has passed since the last one, so a kill redoes at most a few seconds of rounds."""
+        since = time.perf_counter() - self._last_saved_at
+        if self._last_save_s > self.CHEAP_SAVE_S and since < self.OVERHEAD_FACTOR * self._last_save_s:
+            return
+        start = time.perf_counter()
+        self.save(state)
+        self._last_saved_at = time.perf_counter()
+        self._last_save_s = self._last_saved_at - start
 
     def save(self, state: ZipState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -269,7 +288,7 @@ def token_counter(name: str) -> Callable[[str], int]:
 # A scorer returns, for candidate pool positions, (ratios float64, compressed sizes int64) of:
 #   own:    the document alone
 #   coarse: the document against the selected set
-#   fine:   the document against this round's picks (exact) / the selected set + this round's picks (zstd)
+#   fine:   the document against this round's picks
 
 _ITEMS: list[bytes] = []  # worker processes: the serialized pool (inherited on fork / sent by the initializer)
 _STREAMS: dict[str, tuple[list[int], ReprListPrefix]] = {}
@@ -386,12 +405,22 @@ class _ZstdScorer:
     def _context(self, ids: list[int]) -> ZstdContext:
         key = tuple(ids)
         if self._ctx is None or key != self._ctx_key:
-            data = self.sep.join(self.items[i] for i in ids)
-            # zstd cannot match further back than its window: once the selected text outgrows it, the most recent
-            # window's worth is the context (a selection larger than the window no longer fails).
-            self._ctx = ZstdContext(data[-((1 << self.window_log) - 1):], self.level, self.window_log)
+            self._ctx = ZstdContext(self._recent_text(ids), self.level, self.window_log)
             self._ctx_key = key
         return self._ctx
+
+    def _recent_text(self, ids: list[int]) -> bytes:
+        """The last window's worth of the documents' texts joined by the separator. zstd cannot match further back
+        than its window, so once the selected text outgrows it the most recent window is the context (no ceiling,
+        and only the tail is ever joined)."""
+        limit = (1 << self.window_log) - 1
+        tail, size = [], 0
+        for i in reversed(ids):
+            tail.append(self.items[i])
+            size += len(self.items[i]) + len(self.sep)
+            if size >= limit + len(self.sep):
+                break
+        return self.sep.join(reversed(tail))[-limit:]
 
     def _eval(self, ids: list[int], cand: Sequence[int]):
         ctx = self._context(ids)
@@ -425,7 +454,7 @@ class _ZstdScorer:
         return self._eval(list(selected), cand)
 
     def fine(self, selected: list[int], picked: list[int], cand: Sequence[int]):
-        return self._eval(list(selected) + list(picked), cand)
+        return self._eval(list(picked), cand)
 
     def fine_set_size(self, picked: list[int]) -> int:
         return 0  # zstd mode reports the candidate's own marginal size
@@ -476,8 +505,8 @@ def zip_select(
     """Select from `docs` (DOCS schema: doc_id, text, record used) with ZIP; see the module docstring.
 
     `progress(round_number, info)` is called after each round run here (not for rounds restored from the
-    checkpoint). With `checkpoint`, the state is saved after every finished round and a killed run resumes from
-    its last finished round (same result as an uninterrupted run); the checkpoint is left in place afterwards."""
+    checkpoint). With `checkpoint`, the state is saved after finished rounds and a killed run resumes from
+    its last saved round (same result as an uninterrupted run); the checkpoint is left in place afterwards."""
     t_start = time.perf_counter()
     n = docs.num_rows
     doc_ids = docs.column("doc_id").to_pylist() if n else []
@@ -522,7 +551,7 @@ def zip_select(
                 info["tokens_selected"] = int(tokens[state.selected].sum())
             state.rounds.append(info)
             if checkpoint is not None:
-                checkpoint.save(state)
+                checkpoint.save_throttled(state)
             if progress is not None:
                 progress(info["round"] + 1, dict(info))
     finally:
@@ -558,8 +587,7 @@ def _run_round(scorer: _ExactScorer | _ZstdScorer, state: ZipState, cfg: ZipConf
     k1, k2 = min(cfg.k1, available), min(cfg.k2, available)
     # stage 1 (global): K1 lowest stale π among unused documents, ties by position
     t1 = time.perf_counter()
-    masked = np.where(used, np.inf, state.pi)
-    cand1 = np.argsort(masked, kind="stable")[:k1]
+    cand1 = lowest_unused(state.pi, used, k1)
     # stage 2 (coarse): ratio of selected + [x]; written back into π
     t2 = time.perf_counter()
     ratios, _ = scorer.coarse(selected, cand1)
@@ -596,6 +624,18 @@ def _run_round(scorer: _ExactScorer | _ZstdScorer, state: ZipState, cfg: ZipConf
         "pool_left": n - int(used.sum()),
         "selected_ratio": scorer.selected_ratio(selected),
     }
+
+
+def lowest_unused(pi: np.ndarray, used: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k lowest π among unused documents, ordered by (π, position): what a stable argsort of the
+    masked π gives, in O(pool) instead of a sort of the whole pool every round (k <= the unused documents)."""
+    masked = np.where(used, np.inf, pi)
+    if k >= len(masked):
+        return np.argsort(masked, kind="stable")[:k]
+    kth = np.partition(masked, k - 1)[k - 1]
+    below = np.flatnonzero(masked < kth)
+    cand = np.concatenate([below, np.flatnonzero(masked == kth)[: k - len(below)]])
+    return cand[np.lexsort((cand, masked[cand]))]
 
 
 def _decisions(doc_ids: list[str], state: ZipState) -> pa.Table:
