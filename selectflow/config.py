@@ -143,6 +143,7 @@ class SelectorOptions(_Strict):
     needs_influence: ClassVar[bool] = False  # scores documents with the influence reference (needs `reference`)
     needs_reference: ClassVar[bool] = False  # reads the reference (target) set itself
     needs_ngrams: ClassVar[bool] = False  # reads the pool's hashed n-gram counts (`features`: a `NgramFeatures`)
+    needs_mixture: ClassVar[bool] = False  # reads the fitted mixture search (`SelectionContext.mixture`)
 
     def budget_taken(self, budget: Budget) -> Budget:
         """What this selector will actually select under `budget` (the baselines get the smallest of these)."""
@@ -427,7 +428,36 @@ class DsirSelector(SelectorOptions):
     needs_ngrams: ClassVar[bool] = True
 
 
-BuiltinSelector = Annotated[ZipSelector | QuadSelector | RandomSelector | TopkSelector | DsirSelector,
+class MixtureSelector(SelectorOptions):
+    """Mixture search (RegMix-style): probe `mixtures` weight vectors over the components (domains or clusters),
+    drawn around the pool's natural proportions, each with a small byte-level probe; fit held-out bits per byte as
+    a function of the weights; select a subset resampled to the weights the fit predicts best. Probes use the
+    `probe` section's model at `probe_tokens` bytes each."""
+
+    method: Literal["mixture"] = "mixture"
+    components: Literal["domain", "cluster"] = Field(
+        "domain", description="What is mixed: the ingest `domain` labels, or the clusters.")
+    mixtures: int = Field(16, ge=4, description="Mixtures probed (one small probe each) to fit the regression.")
+    probe_tokens: int = Field(
+        262_144, ge=4096, description="Bytes each mixture's probe trains on (one epoch of a fresh sample).")
+    concentration: float = Field(
+        1.0, gt=0.0, description="Dirichlet concentration of the proposals around the natural proportions (alpha = "
+        "concentration x components x natural share): lower spreads them further.")
+    floor: float = Field(0.02, ge=0.0, lt=0.5, description="Least weight of every component, in proposals and result.")
+    target: Literal["reference", "unseen"] = Field(
+        "reference", description="The held-out set whose bits per byte the mixture minimizes ('unseen' needs "
+        "probe.unseen).")
+    regression: Literal["linear", "boosting"] = Field(
+        "linear", description="'linear': ridge on the weights and their logs (RegMix ranks mixtures well with it); "
+        "'boosting': gradient-boosted trees (needs more mixtures).")
+    candidates: int = Field(100_000, ge=100, description="Mixtures scored by the fit when searching for the best.")
+    top: int = Field(100, ge=1, description="The best-predicted candidates averaged into the result.")
+    seed: int = Field(0, description="Seed of the proposals, the probes' samples and the final resample.")
+    needs_reference: ClassVar[bool] = True
+    needs_mixture: ClassVar[bool] = True
+
+
+BuiltinSelector = Annotated[ZipSelector | QuadSelector | RandomSelector | TopkSelector | DsirSelector | MixtureSelector,
                             Field(discriminator="method")]
 # A built-in's entry validates against its own model; another method against its registered stage's options.
 AnySelector = Annotated[BuiltinSelector | SerializeAsAny[SelectorOptions], Field(union_mode="left_to_right")]
@@ -439,7 +469,8 @@ class SelectionConfig(Budget):
     selectors: list[AnySelector] = Field(
         default_factory=lambda: [ZipSelector(), RandomSelector()],
         description="Each with its own settings, by method: 'zip' (ZIP greedy compression), 'quad' (QUAD bandit over "
-        "clusters with influence), 'dsir' (importance resampling toward the reference set), and the baselines 'random' "
+        "clusters with influence), 'dsir' (importance resampling toward the reference set), 'mixture' (domain weights "
+        "found by probing), and the baselines 'random' "
         "(uniform) and 'topk' (highest influence); a selector "
         "registered by another module takes its own method. Empty: stop after dedup.",
     )
@@ -714,6 +745,9 @@ class CurateConfig(_Strict):
                 "reference: probes report held-out loss on the reference (target) set, and none is given; add "
                 "`reference: [{path: ...}]` or set probe.enabled: false"
             )
+        if any(s.needs_mixture and s.target == "unseen" for s in self.selection.selectors) and not self.probe.unseen:
+            raise ValueError("selection.selectors: mixture target 'unseen' minimizes bits per byte on probe.unseen, "
+                             "and none is given; add probe.unseen: [{path: ...}] or use target: reference")
         if self.needs_probes and self.probe.subsets is not None:
             known = [*self.selection.methods, "full"]
             if unknown := [name for name in self.probe.subsets if name not in known]:
@@ -736,6 +770,10 @@ class CurateConfig(_Strict):
     @property
     def needs_reference_clusters(self) -> bool:
         return any(selector.needs_reference_clusters for selector in self.selection.selectors)
+
+    @property
+    def needs_mixture(self) -> bool:
+        return any(selector.needs_mixture for selector in self.selection.selectors)
 
 
 def _registered(items, options_of, where: str):

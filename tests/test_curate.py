@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -179,6 +180,41 @@ def test_zip_inside_the_reference_sets_cluster_mix(prefect_harness, tmp_path, sm
     reached = {f"cluster {c}" for c in mix}
     assert all(s["quota"] == 0 for name, s in strata.items() if name not in reached)  # reference clusters hold it
     assert {row["group"] for row in zip_ref.read("decisions").to_pylist()} == set(strata)
+
+
+def test_mixture_search_probes_its_proposals_and_selects_to_the_fitted_weights(prefect_harness, tmp_path,
+                                                                               small_corpus):
+    """The mixture selector in a run: its proposals sampled and probed on the workers, the fit, the subset resampled
+    to the fitted cluster weights, every stage in the run record and each mixture probe in MLflow."""
+    from selectflow.flows.curate import curate
+
+    config = load_config(write_config(
+        tmp_path / "c.yaml", [{"path": str(small_corpus / "part-*.jsonl")}], tmp_path / "ws",
+        reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
+        probe={"enabled": False, "model": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64, "seq_len": 64},
+               "batch_size": 8, "evals": 2, "eval_tokens": 4096, "cpu_threads": 1},
+        selection={"budget": 40000, "budget_unit": "tokens", "token_counter": "bytes", "selectors": [
+            {"method": "mixture", "components": "cluster", "mixtures": 4, "probe_tokens": 8192, "candidates": 500,
+             "top": 10}, {"method": "random"}]}))
+    summary = curate(config)
+    run = load_run(ArtifactStore(config.workspace / "store"))
+    (plan,), (fit,) = run.refs("mixture_plan"), run.refs("mixture_fit")
+    assert len(run.refs("mixture_sample")) == len(run.refs("mixture_probe")) == 4
+    components = plan.manifest()["stats"]["components"]
+    assert fit.read("mixtures").num_rows == 4 and fit.manifest()["stats"]["components"] == components
+    (selected,) = run.refs("select_mixture")
+    stats = selected.manifest()["stats"]
+    assert stats["tokens"] >= 40000 and set(stats["quotas"]) == set(components)
+    assert sum(stats["quotas"].values()) == 40000
+    weights = np.array(fit.manifest()["stats"]["weights"])
+    assert np.isclose(weights.sum(), 1.0) and weights.min() >= 0.02 - 1e-9
+    import mlflow
+
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    parent = client.get_run(summary["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = {child.data.tags["selectflow.stage"] for child in children}
+    assert {f"probe_mixture{i}" for i in range(4)} | {"select_mixture"} <= stages
 
 
 def test_missing_input_fails_at_once(prefect_harness, tmp_path):

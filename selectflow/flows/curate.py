@@ -53,7 +53,7 @@ def _curate(config: CurateConfig) -> dict:
             recorder.clustered(clustered)
             selection = select_subset.with_options(task_runner=runner)(
                 workspace, pool.deduped, config.selection, clustered, sets.get("reference"),
-                config.influence if config.needs_influence else None)
+                config.influence if config.needs_influence else None, sets.get("unseen", []), config.probe)
             recorder.selected(selection)
             if config.needs_probes:
                 recorder.probed(probe_subsets.with_options(task_runner=runner)(
@@ -84,7 +84,8 @@ class SubsetAtRisk(RuntimeError):
 
 def held_out_sets(config: CurateConfig) -> dict[str, IngestConfig]:
     """The reference (target) set and the unseen-domain set, each read like any input (quarantine included)."""
-    sets = {"reference": config.reference, "unseen": config.probe.unseen if config.needs_probes else []}
+    sets = {"reference": config.reference,
+            "unseen": config.probe.unseen if config.needs_probes or config.needs_mixture else []}
     return {name: IngestConfig(inputs=inputs) for name, inputs in sets.items() if inputs}
 
 

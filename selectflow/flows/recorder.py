@@ -37,6 +37,10 @@ from selectflow.stages.registry import (
     INFLUENCE,
     INGEST,
     MINHASH,
+    MIXTURE_FIT,
+    MIXTURE_PLAN,
+    MIXTURE_PROBE,
+    MIXTURE_SAMPLE,
     NEAR_DEDUP,
     NGRAMS,
     PROBE,
@@ -120,6 +124,12 @@ class RunRecorder:
             self.stage(INFLUENCE, [selection.influence], self.config.influence.model_dump())
         if selection.ngrams:
             self.stage(NGRAMS, selection.ngrams)
+        if (search := selection.mixture) is not None:
+            for stage, refs in ((MIXTURE_PLAN, [search.plan]), (MIXTURE_SAMPLE, search.samples),
+                                (MIXTURE_PROBE, search.probes), (MIXTURE_FIT, [search.fit])):
+                self.stage(stage, refs)
+            for index, ref in enumerate(search.probes):
+                track_probe(self.tracker, f"mixture{index}", ref, self.config.probe)
         self.subsets = selection.subsets
         options = {selector.method: selector for selector in self.config.selection.selectors}
         for stage, ref in selection.subsets.items():

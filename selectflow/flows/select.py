@@ -2,8 +2,9 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from selectflow.config import InfluenceConfig, SelectionConfig
+from selectflow.config import InfluenceConfig, ProbeConfig, SelectionConfig
 from selectflow.flows.cluster import Clustered
+from selectflow.flows.mixture import MixtureSearch, search_mixture
 from selectflow.flows.runner import run_stages, run_tasks
 from selectflow.stages.base import selector_stage
 from selectflow.stages.influence import influence_reference_stage
@@ -19,6 +20,7 @@ class Selection:
     subsets: dict[str, ArtifactRef]  # by stage name (select_zip, select_quad, select_random, ...), config order
     influence: ArtifactRef | None  # the fitted influence reference, when a selector scores influence
     ngrams: list[ArtifactRef]  # hashed n-gram counts of the pool and reference shards, when a selector needs them
+    mixture: MixtureSearch | None = None  # the mixture search, when the mixture selector runs
 
 
 @flow(name="select", **FLOW_OPTIONS)
@@ -29,17 +31,26 @@ def select_subset(
     clustered: Clustered | None = None,
     reference: list[ArtifactRef] | None = None,
     influence_cfg: InfluenceConfig | None = None,
+    unseen: list[ArtifactRef] | None = None,
+    probe: ProbeConfig | None = None,
 ) -> Selection:
-    """Fit the influence reference and count n-grams when needed, then every selector and baseline side by side over
-    the same pool."""
+    """Fit the influence reference, count n-grams and search the mixture when needed, then every selector and
+    baseline side by side over the same pool."""
     influence = None
     if influence_cfg is not None:  # EK-FAC curvature and the inverse-curvature reference gradient, on every core
         (influence,) = run_stages(influence_reference_stage, "influence-reference", workspace,
                                   [{"reference": reference, "cfg": influence_cfg}], "influence reference",
                                   use_all_cores=True)
     ngrams = count_ngrams(workspace, pool, reference or [], cfg)
-    context = SelectionContext(None if clustered is None else clustered.clusters, influence, influence_cfg, **ngrams,
-                               reference_clusters=None if clustered is None else clustered.reference)
+    clusters = None if clustered is None else clustered.clusters
+    mixture = next((options for options in cfg.selectors if options.needs_mixture), None)
+    if mixture is not None:
+        semdedup = SelectionContext(clusters).semdedup()
+        mixture = search_mixture(workspace, pool, clusters if mixture.components == "cluster" else semdedup,
+                                 reference or [], unseen or [], mixture, probe or ProbeConfig())
+    context = SelectionContext(clusters, influence, influence_cfg, **ngrams,
+                               reference_clusters=None if clustered is None else clustered.reference,
+                               mixture=None if mixture is None else mixture.fit)
     budgets = budgets_by_method(cfg)
     calls = {}
     for options in cfg.selectors:
@@ -47,7 +58,7 @@ def select_subset(
         inputs = {"pool": pool, "budget": budgets[options.method], "options": options, "context": context}
         (calls[stage.name],) = stage_calls(stage.function(), f"{options.method}-{stage.kind}", workspace, [inputs])
     return Selection(dict(zip(calls, run_tasks(list(calls.values()), "selection"))), influence,
-                     ngrams.get("ngrams", []) + ngrams.get("reference_ngrams", []))
+                     ngrams.get("ngrams", []) + ngrams.get("reference_ngrams", []), mixture)
 
 
 def count_ngrams(workspace: str, pool: list[ArtifactRef], reference: list[ArtifactRef],

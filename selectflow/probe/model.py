@@ -20,7 +20,8 @@ def resolve_device(device: str) -> torch.device:
 
 def tiny_llama(cfg: ProbeModelConfig, vocab_size: int, seed: int) -> torch.nn.Module:
     """A freshly initialized Llama-style causal LM (no download); identical weights for the same seed."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    with _INIT_LOCK:  # transformers' lazy first import, from two Dask threads at once, fails in one of them
+        from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=vocab_size,

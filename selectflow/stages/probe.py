@@ -66,9 +66,11 @@ def probe_stage(
     cfg: ProbeConfig,
     seed: int,
     tokens: int,
+    stage: str = PROBE.name,
 ) -> ArtifactRef:
     """Train the probe of `seed` on `tokens` of the documents of `subset` ("docs" tables); held-out sets: reference
-    (and unseen, when given and not empty)."""
+    (and unseen, when given and not empty). `stage`: the artifact stage (the mixture search's probes have their
+    own, so that runs do not take them for the probes of selected subsets)."""
     reference_docs = read_docs(reference)
     unseen_docs = read_docs(unseen) if unseen is not None and len(unseen) else None
     config = {"name": name, "seed": seed, "tokens": tokens,
@@ -92,7 +94,7 @@ def probe_stage(
         run = train_probe(train, heldout, tokenizer, cfg, seed)
         writer.write("curve", pa.Table.from_pylist(run.curve))
         used = set(train.doc_indices)
-        decisions = Decisions(f"{PROBE.name}:{name}")
+        decisions = Decisions(f"{stage}:{name}")
         for i, doc in enumerate(docs["doc_id"].to_pylist()):
             if i in used:
                 decisions.add(doc, "kept", f"trained on by probe {name!r} seed {seed} (epoch 1 of {train.epochs:.2f})")
@@ -104,7 +106,7 @@ def probe_stage(
                      text_bytes=sum(len(text.encode("utf-8")) for text in train.texts_used),
                      repeated=train.epochs > 1.0)
 
-    return store.build(PROBE.name, config, [ref.key for ref in subset], _CODE, write)
+    return store.build(stage, config, [ref.key for ref in subset], _CODE, write)
 
 
 def subset_profile(refs: list[ArtifactRef], cfg: ProbeConfig) -> dict:

@@ -1,6 +1,6 @@
 """The built-in stages, in DAG order: the one place a stage is declared (see `selectflow.stages.base`)."""
 
-from selectflow.config import DsirSelector, QuadSelector, RandomSelector, TopkSelector, ZipSelector
+from selectflow.config import DsirSelector, MixtureSelector, QuadSelector, RandomSelector, TopkSelector, ZipSelector
 from selectflow.stages.base import Kind, Stage, register
 
 INGEST = register(Stage("ingest", Kind.SOURCE))
@@ -20,6 +20,13 @@ QUAD = register(Stage("select_quad", Kind.SELECTOR, subset="quad", options=QuadS
 NGRAMS = register(Stage("ngram_features", Kind.AUXILIARY, row=False))
 DSIR = register(Stage("select_dsir", Kind.SELECTOR, subset="dsir", options=DsirSelector,
                       run="selectflow.stages.select_dsir:select_dsir_stage", work_of=(NGRAMS.name,)))
+MIXTURE_PLAN = register(Stage("mixture_plan", Kind.AUXILIARY, row=False))
+MIXTURE_SAMPLE = register(Stage("mixture_sample", Kind.AUXILIARY, row=False))
+MIXTURE_PROBE = register(Stage("mixture_probe", Kind.AUXILIARY, row=False))
+MIXTURE_FIT = register(Stage("mixture_fit", Kind.AUXILIARY, row=False))
+MIXTURE = register(Stage("select_mixture", Kind.SELECTOR, subset="mixture", options=MixtureSelector,
+                         run="selectflow.stages.mixture:select_mixture_stage",
+                         work_of=(MIXTURE_SAMPLE.name, MIXTURE_PROBE.name, MIXTURE_FIT.name)))
 RANDOM = register(Stage("select_random", Kind.BASELINE, subset="random", options=RandomSelector,
                         run="selectflow.stages.select_quad:select_random_stage"))
 TOPK = register(Stage("select_topk", Kind.BASELINE, subset="topk", options=TopkSelector,

@@ -33,6 +33,7 @@ class SelectionContext:
     ngrams: list[ArtifactRef] | None = None  # hashed n-gram counts per pool shard (for selectors that need_ngrams)
     reference_ngrams: list[ArtifactRef] | None = None  # the same for the reference set
     reference_clusters: ArtifactRef | None = None  # the reference set assigned to the pool's clusters, when needed
+    mixture: ArtifactRef | None = None  # the fitted mixture search (for selectors that need_mixture)
 
     def semdedup(self) -> ArtifactRef | None:
         """The cluster artifact when its semantic dedup dropped documents (a selector must not pick those), else

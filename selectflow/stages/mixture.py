@@ -1,0 +1,171 @@
+"""Mixture search as stages (see `selectflow.select.mixture`): the plan (components, natural proportions, proposed
+mixtures), one sample of the pool per proposal for its probe, the fit of held-out bits per byte on the weights, and
+the selector that resamples the pool to the best mixture. `selectflow.flows.mixture` runs the samples and their
+probes side by side on the workers; every probe is cached like any other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from selectflow.config import Budget, MixtureSelector
+from selectflow.fingerprint import code_fingerprint
+from selectflow.select.mixture import (
+    MixtureRegression,
+    best_mixture,
+    cross_validated,
+    natural_weights,
+    propose_mixtures,
+    resample,
+)
+from selectflow.stages.base import Decisions, write_decisions
+from selectflow.stages.pool import Pool, read_pool
+from selectflow.stages.registry import MIXTURE, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_SAMPLE
+from selectflow.stages.selection import Selection, SelectionContext, build_selection
+from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
+
+_CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
+_SEARCH_FIELDS = {"components", "mixtures", "concentration", "floor", "seed"}  # what the plan depends on
+
+
+def components_of(data: Pool, by: str) -> tuple[list[str], np.ndarray]:
+    """The component names (sorted) and each pool document's component index."""
+    if by == "cluster":
+        if len(data.clusters) and (data.clusters < 0).all():
+            raise ValueError("mixture components 'cluster' need the cluster stage's artifact")
+        labels = [f"cluster {c}" for c in data.clusters.tolist()]
+    else:
+        labels = [f"domain {d}" if d is not None else "domain (none)" for d in data.docs["domain"].to_pylist()]
+    names, index = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
+    return [str(name) for name in names], index.astype(np.int64)
+
+
+def packed_bytes(docs: pa.Table) -> np.ndarray:
+    """Bytes each document takes in a byte-level probe's stream: its UTF-8 bytes and the end-of-text symbol."""
+    return np.fromiter((len(text.encode("utf-8")) + 1 for text in docs["text"].to_pylist()), np.int64, docs.num_rows)
+
+
+def _pool_view(context: SelectionContext, options: MixtureSelector) -> ArtifactRef | None:
+    return context.clusters if options.components == "cluster" else context.semdedup()
+
+
+def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: ArtifactRef | None,
+                       options: MixtureSelector) -> ArtifactRef:
+    """The components, their natural proportions (by bytes) and the proposed mixtures (stats)."""
+
+    def write(writer: ArtifactWriter) -> None:
+        data = read_pool(pool, clusters)
+        names, components = components_of(data, options.components)
+        if len(names) < 2:
+            raise ValueError(f"mixture: the pool has {len(names)} {options.components} component(s); mixing needs at "
+                             "least 2 (label domains at ingest, or use components: cluster)")
+        natural = natural_weights(components, packed_bytes(data.docs), len(names))
+        proposals = propose_mixtures(natural, options.mixtures, options.concentration, options.floor, options.seed)
+        writer.stats(components=names, natural=natural.tolist(), mixtures=proposals.tolist(),
+                     held_bytes=np.bincount(components, weights=packed_bytes(data.docs)).astype(int).tolist())
+
+    keys = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
+    return store.build(MIXTURE_PLAN.name, options.model_dump(include=_SEARCH_FIELDS), keys, _CODE, write)
+
+
+def mixture_sample_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: ArtifactRef | None,
+                         plan: ArtifactRef, index: int, options: MixtureSelector) -> ArtifactRef:
+    """Proposal `index`'s probe sample: the pool resampled to its weights, just covering `probe_tokens` bytes."""
+    weights = np.asarray(plan.manifest()["stats"]["mixtures"][index])
+
+    def write(writer: ArtifactWriter) -> None:
+        data = read_pool(pool, clusters)
+        names, components = components_of(data, options.components)
+        order, quotas = resample(components, packed_bytes(data.docs), weights, options.probe_tokens, "tokens",
+                                 options.seed + index)
+        decisions = _quota_decisions(MIXTURE_SAMPLE.name, data, names, components, order, weights, quotas,
+                                     f"mixture {index}'s probe sample")
+        write_decisions(writer, decisions, data.docs.take(pa.array(order, pa.int64())), index=index,
+                        weights=weights.tolist())
+
+    config = {"index": index, "probe_tokens": options.probe_tokens}
+    keys = [plan.key] + [ref.key for ref in pool] + ([clusters.key] if clusters else [])
+    return store.build(MIXTURE_SAMPLE.name, config, keys, _CODE, write)
+
+
+def mixture_fit_stage(store: ArtifactStore, plan: ArtifactRef, probes: list[ArtifactRef],
+                      options: MixtureSelector) -> ArtifactRef:
+    """Held-out bits per byte fitted on the weights of the probed mixtures; the best mixture by the fit.
+
+    Table "mixtures": each probed mixture's weights, measured bpb (reference, unseen when probed, prequential) and
+    its cross-validated prediction. Stats: components, natural, weights (the result), preferred (False: the fit
+    predicts no difference and the natural proportions are kept), predicted bpb of the result and of the natural
+    mixture, spearman_cv (predicted vs measured on mixtures left out of the fit)."""
+    fitted = {"target", "regression", "candidates", "top", "floor", "seed"}
+
+    def write(writer: ArtifactWriter) -> None:
+        planned = plan.manifest()["stats"]
+        weights = np.asarray(planned["mixtures"])
+        stats = [ref.manifest()["stats"] for ref in probes]
+        key = f"{options.target}_bpb"
+        if any(key not in s for s in stats):
+            raise ValueError(f"mixture target {options.target!r}: the mixture probes have no {options.target} "
+                             "held-out set (give probe.unseen, or target: reference)")
+        losses = np.array([s[key] for s in stats])
+        predicted, spearman = cross_validated(weights, losses, options.regression, seed=options.seed)
+        model = MixtureRegression(options.regression, options.seed).fit(weights, losses)
+        natural = np.asarray(planned["natural"])
+        best, preferred = best_mixture(model, natural, options.floor, options.candidates, options.top, options.seed)
+        columns = {"mixture": list(range(len(weights))), "weights": weights.tolist(), "predicted_cv": predicted}
+        for name in ("reference_bpb", "unseen_bpb", "prequential_bpb"):
+            if all(name in s for s in stats):
+                columns[name] = [s[name] for s in stats]
+        writer.write("mixtures", pa.table(columns))
+        writer.stats(components=planned["components"], natural=natural.tolist(), weights=best.tolist(),
+                     preferred=preferred, target=options.target, regression=options.regression,
+                     predicted_bpb=float(model.predict(best)[0]),
+                     predicted_natural_bpb=float(model.predict(natural)[0]),
+                     measured_bpb_range=[float(losses.min()), float(losses.max())],
+                     spearman_cv=None if np.isnan(spearman) else spearman, mixtures=len(weights))
+
+    return store.build(MIXTURE_FIT.name, options.model_dump(include=fitted),
+                       [plan.key, *(ref.key for ref in probes)], _CODE, write)
+
+
+def select_mixture_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Budget, options: MixtureSelector,
+                         context: SelectionContext) -> ArtifactRef:
+    """The pool resampled to the mixture search's best weights under the budget; each document's decision names
+    the component quota it filled (or found full)."""
+    if context.mixture is None:
+        raise ValueError("selector 'mixture' needs the fitted mixture search in its SelectionContext (mixture)")
+    fit = context.mixture.manifest()["stats"]
+    weights = np.asarray(fit["weights"])
+
+    def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
+        names, components = components_of(data, options.components)
+        if names != fit["components"]:
+            raise ValueError(f"mixture: the pool's components {names} differ from the fitted {fit['components']}")
+        order, quotas = resample(components, lengths if budget.budget_unit == "tokens" else None, weights,
+                                 budget.budget, budget.budget_unit, options.seed)
+        decisions = _quota_decisions(MIXTURE.name, data, names, components, order, weights, quotas,
+                                     "the mixture's resample")
+        filled = np.bincount(components[order], weights=lengths[order], minlength=len(names))
+        return Selection(order, decisions, {
+            "weights": dict(zip(names, weights.round(4).tolist())),
+            "natural": dict(zip(names, np.round(fit["natural"], 4).tolist())),
+            "quotas": dict(zip(names, quotas.tolist())), "tokens_by_component": dict(zip(names, filled.tolist())),
+            "preferred": fit["preferred"], "spearman_cv": fit["spearman_cv"]})
+
+    return build_selection(store, MIXTURE, pool, _pool_view(context, options), budget.token_counter,
+                           {**budget.budget_fields(), **options.model_dump()}, [context.mixture.key], _CODE, select)
+
+
+def _quota_decisions(stage: str, data: Pool, names: list[str], components: np.ndarray, order: np.ndarray,
+                     weights: np.ndarray, quotas: np.ndarray, what: str) -> Decisions:
+    drawn = np.full(data.docs.num_rows, -1)
+    drawn[order] = np.arange(len(order))
+    decisions = Decisions(stage)
+    for index, doc_id in enumerate(data.docs["doc_id"].to_pylist()):
+        c = components[index]
+        quota = f"{names[c]} (weight {weights[c]:.3f}, quota {quotas[c]})"
+        if drawn[index] >= 0:
+            decisions.add(doc_id, "selected", f"selected: fills the quota of {quota} in {what}", group=names[c])
+        else:
+            decisions.add(doc_id, "rejected", f"not selected: the quota of {quota} was filled before it was drawn "
+                          f"in {what}", group=names[c])
+    return decisions

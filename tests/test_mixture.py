@@ -1,0 +1,133 @@
+"""Mixture search: proposals, the regression and its optimum, quotas, and the whole search on a toy corpus whose
+reference set is one of its two domains."""
+
+import numpy as np
+import pytest
+from conftest import docs_table, sample_records
+
+from selectflow.config import MixtureSelector, ProbeConfig, ProbeModelConfig
+from selectflow.select.mixture import (
+    MixtureRegression,
+    best_mixture,
+    cross_validated,
+    propose_mixtures,
+    resample,
+    with_floor,
+)
+
+
+def test_proposals_lie_on_the_simplex_above_the_floor_and_repeat_per_seed():
+    natural = np.array([0.7, 0.2, 0.1])
+    proposals = propose_mixtures(natural, 50, 1.0, 0.05, seed=3)
+    assert proposals.shape == (50, 3)
+    assert np.allclose(proposals.sum(axis=1), 1.0) and proposals.min() >= 0.05 - 1e-12
+    assert np.array_equal(proposals, propose_mixtures(natural, 50, 1.0, 0.05, seed=3))
+    assert not np.array_equal(proposals, propose_mixtures(natural, 50, 1.0, 0.05, seed=4))
+    assert np.allclose(proposals.mean(axis=0), natural, atol=0.12)  # drawn around the natural proportions
+    with pytest.raises(ValueError, match="lower floor"):
+        with_floor(natural, 0.34)
+
+
+class ConstantLoss(MixtureRegression):
+    """A stub fit that predicts the same loss for every mixture."""
+
+    def predict(self, weights):
+        return np.full(len(np.atleast_2d(weights)), 2.5)
+
+
+def test_a_fit_without_preference_keeps_the_natural_mixture():
+    natural = np.array([0.5, 0.3, 0.2])
+    weights, preferred = best_mixture(ConstantLoss(), natural, floor=0.0, candidates=1000)
+    assert not preferred and np.allclose(weights, natural)
+    # a real fit on measurements that do not depend on the weights predicts no difference either
+    proposals = propose_mixtures(natural, 12, 1.0, 0.0, seed=0)
+    flat = MixtureRegression("linear").fit(proposals, np.full(12, 3.0))
+    weights, preferred = best_mixture(flat, natural, floor=0.0, candidates=1000)
+    assert not preferred and np.allclose(weights, natural)
+    _, spearman = cross_validated(proposals, np.full(12, 3.0), "linear")
+    assert np.isnan(spearman)
+
+
+@pytest.mark.parametrize("kind", ["linear", "boosting"])
+def test_the_fit_ranks_unseen_mixtures_and_its_optimum_follows_the_loss(kind):
+    rng = np.random.default_rng(0)
+    natural = np.array([0.4, 0.4, 0.2])
+    proposals = propose_mixtures(natural, 40, 1.0, 0.02, seed=1)
+    losses = 3.0 - 1.5 * proposals[:, 2] + 0.4 * proposals[:, 0] + rng.normal(0, 0.01, 40)  # more of 2 helps
+    predicted, spearman = cross_validated(proposals, losses, kind)
+    assert spearman > 0.8 and predicted.shape == (40,)
+    weights, preferred = best_mixture(MixtureRegression(kind).fit(proposals, losses), natural, 0.02,
+                                      candidates=20_000)
+    assert preferred and np.isclose(weights.sum(), 1.0) and weights.min() >= 0.02 - 1e-12
+    assert weights[2] > 0.5 > natural[2] and weights[2] == weights.max()
+
+
+def test_resample_fills_each_component_to_its_quota():
+    rng = np.random.default_rng(0)
+    components = rng.integers(0, 3, 3000)
+    lengths = rng.integers(50, 500, 3000)
+    weights = np.array([0.6, 0.3, 0.1])
+    order, quotas = resample(components, lengths, weights, 200_000, "tokens", seed=5)
+    assert len(set(order.tolist())) == len(order) and quotas.sum() == 200_000
+    assert np.allclose(quotas / quotas.sum(), weights, atol=1e-4)
+    filled = np.bincount(components[order], weights=lengths[order], minlength=3)
+    assert np.all(filled >= quotas) and np.all(filled < quotas + 500)  # the last document of a quota is not cut
+    docs, quotas = resample(components, None, weights, 900, "docs", seed=5)
+    assert len(docs) == 900 and np.bincount(components[docs], minlength=3).tolist() == quotas.tolist() == [540, 270, 90]
+    # a component that cannot hold its share gives the rest to the others
+    small = np.array([0] * 50 + [1] * 2000)
+    order, quotas = resample(small, None, np.array([0.9, 0.1]), 500, "docs", seed=0)
+    assert quotas.tolist() == [50, 450] and len(order) == 500
+    assert np.array_equal(order, resample(small, None, np.array([0.9, 0.1]), 500, "docs", seed=0)[0])
+
+
+def _chunks(name: str, n: int, size: int = 400) -> list[str]:
+    """`n` pieces of `size` characters of a sample domain, shuffled (so a held-out piece is like the others)."""
+    text = "\n".join(r["text"] for r in sample_records(name, 400))
+    pieces = [text[i:i + size] for i in range(0, len(text) - size, size)]
+    return [pieces[i] for i in np.random.default_rng(0).permutation(len(pieces))[:n]]
+
+
+def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
+    from selectflow.stages.mixture import (
+        mixture_fit_stage,
+        mixture_plan_stage,
+        mixture_sample_stage,
+        select_mixture_stage,
+    )
+    from selectflow.stages.probe import probe_stage
+    from selectflow.stages.registry import MIXTURE_PROBE
+    from selectflow.stages.selection import SelectionContext
+    from selectflow.config import Budget
+    from selectflow.store import ArtifactStore
+
+    prose, code = _chunks("prose.jsonl.zst", 500), _chunks("code.jsonl.zst", 400)
+    store = ArtifactStore(tmp_path)
+    pool_docs = docs_table(prose[:400] + code, ["prose"] * 400 + ["code"] * 400, "toy")
+    pool = [store.build("pool", {}, ["toy"], "test", lambda writer: writer.write("docs", pool_docs))]
+    reference = docs_table(prose[400:], ["prose"] * 100, "ref")  # the target: held-out prose
+    probe = ProbeConfig(model=ProbeModelConfig(hidden=32, layers=1, heads=2, intermediate=64, seq_len=64),
+                        batch_size=8, evals=2, eval_tokens=4096, learning_rate=3e-3, cpu_threads=1, device="cpu")
+    options = MixtureSelector(mixtures=8, probe_tokens=65_536, concentration=0.5, floor=0.05, candidates=2000,
+                              top=20)
+    plan = mixture_plan_stage(store, pool, None, options)
+    planned = plan.manifest()["stats"]
+    assert planned["components"] == ["domain code", "domain prose"] and len(planned["mixtures"]) == 8
+    probes = []
+    for index in range(options.mixtures):
+        sample = mixture_sample_stage(store, pool, None, plan, index, options)
+        probes.append(probe_stage(store, f"mixture {index}", [sample], reference, None, probe, 0,
+                                  options.probe_tokens, stage=MIXTURE_PROBE.name))
+    fit = mixture_fit_stage(store, plan, probes, options).manifest()["stats"]
+    prose_share = planned["natural"][1]
+    assert fit["preferred"] and fit["weights"][1] > prose_share + 0.2  # the fit asks for more prose
+    assert fit["spearman_cv"] > 0.5 and fit["predicted_bpb"] < fit["predicted_natural_bpb"]
+    budget = Budget(budget=60_000, budget_unit="tokens", token_counter="bytes")
+    context = SelectionContext(mixture=store.build("mixture_fit", {}, [], "test",
+                                                   lambda writer: writer.stats(**fit)))
+    selected = select_mixture_stage(store, pool, budget, options, context)
+    stats = selected.manifest()["stats"]
+    held = stats["tokens_by_component"]
+    assert held["domain prose"] / sum(held.values()) == pytest.approx(fit["weights"][1], abs=0.03)
+    decisions = selected.read("decisions").to_pylist()
+    assert all("quota of domain" in row["reason"] for row in decisions) and stats["docs_out"] > 0
