@@ -192,14 +192,14 @@ def test_mixture_search_probes_its_proposals_and_selects_to_the_fitted_weights(p
         tmp_path / "c.yaml", [{"path": str(small_corpus / "part-*.jsonl")}], tmp_path / "ws",
         reference=[{"path": str(SAMPLE / "reference.jsonl.zst")}],
         probe={"enabled": False, "model": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64, "seq_len": 64},
-               "batch_size": 8, "evals": 2, "eval_tokens": 4096, "cpu_threads": 1},
+               "batch_size": 8, "evals": 2, "eval_tokens": 4096, "cpu_threads": 1, "seeds": 2},
         selection={"budget": 40000, "budget_unit": "tokens", "token_counter": "bytes", "selectors": [
             {"method": "mixture", "components": "cluster", "mixtures": 4, "probe_tokens": 8192, "candidates": 500,
              "top": 10}, {"method": "random"}]}))
     summary = curate(config)
     run = load_run(ArtifactStore(config.workspace / "store"))
     (plan,), (fit,) = run.refs("mixture_plan"), run.refs("mixture_fit")
-    assert len(run.refs("mixture_sample")) == len(run.refs("mixture_probe")) == 4
+    assert len(run.refs("mixture_sample")) == len(run.refs("mixture_probe")) == 4 + 3 * 2  # + validation, 2 seeds
     components = plan.manifest()["stats"]["components"]
     assert fit.read("mixtures").num_rows == 4 and fit.manifest()["stats"]["components"] == components
     (selected,) = run.refs("select_mixture")
@@ -214,7 +214,10 @@ def test_mixture_search_probes_its_proposals_and_selects_to_the_fitted_weights(p
     parent = client.get_run(summary["mlflow_run_id"])
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     stages = {child.data.tags["selectflow.stage"] for child in children}
-    assert {f"probe_mixture{i}" for i in range(4)} | {"select_mixture"} <= stages
+    assert {f"probe_mixture_{i}_seed_0" for i in range(4)} | {"select_mixture"} <= stages
+    assert {f"probe_{name}_mixture_seed_{seed}" for name in ("proposed", "natural", "uniform") for seed in (0, 1)} <= stages
+    (validation,) = run.refs("mixture_validation")
+    assert set(validation.manifest()["stats"]["differences"]) == {"proposed - natural", "proposed - uniform"}
 
 
 def test_missing_input_fails_at_once(prefect_harness, tmp_path):

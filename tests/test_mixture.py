@@ -93,6 +93,7 @@ def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
         mixture_fit_stage,
         mixture_plan_stage,
         mixture_sample_stage,
+        mixture_validation_stage,
         select_mixture_stage,
     )
     from selectflow.stages.probe import probe_stage
@@ -113,19 +114,25 @@ def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
     plan = mixture_plan_stage(store, pool, None, options)
     planned = plan.manifest()["stats"]
     assert planned["components"] == ["domain code", "domain prose"] and len(planned["mixtures"]) == 8
-    probes = []
-    for index in range(options.mixtures):
-        sample = mixture_sample_stage(store, pool, None, plan, index, options)
-        probes.append(probe_stage(store, f"mixture {index}", [sample], reference, None, probe, 0,
-                                  options.probe_tokens, stage=MIXTURE_PROBE.name))
-    fit = mixture_fit_stage(store, plan, probes, options).manifest()["stats"]
+    def probed(label, weights, sample_seed, seed):
+        sample = mixture_sample_stage(store, pool, None, weights, sample_seed, label, options)
+        return probe_stage(store, label, [sample], reference, None, probe, seed, options.probe_tokens,
+                           stage=MIXTURE_PROBE.name)
+
+    probes = [probed(f"mixture {i}", weights, i, 0) for i, weights in enumerate(planned["mixtures"])]
+    fit_ref = mixture_fit_stage(store, plan, probes, options)
+    fit = fit_ref.manifest()["stats"]
     prose_share = planned["natural"][1]
     assert fit["preferred"] and fit["weights"][1] > prose_share + 0.2  # the fit asks for more prose
     assert fit["spearman_cv"] > 0.5 and fit["predicted_bpb"] < fit["predicted_natural_bpb"]
+    compared = {"proposed": fit["weights"], "natural": planned["natural"], "uniform": [0.5, 0.5]}
+    checked = {name: {seed: probed(f"{name} mixture", weights, 100 + seed, seed) for seed in (0, 1)}
+               for name, weights in compared.items()}
+    validation = mixture_validation_stage(store, fit_ref, checked, 0.95).manifest()["stats"]
+    beats = validation["differences"]["proposed - uniform"]["reference_bpb"]
+    assert beats["high"] < 0 and "beats the uniform mixture" in validation["verdict"]  # prose 0.9 vs 0.5
     budget = Budget(budget=60_000, budget_unit="tokens", token_counter="bytes")
-    context = SelectionContext(mixture=store.build("mixture_fit", {}, [], "test",
-                                                   lambda writer: writer.stats(**fit)))
-    selected = select_mixture_stage(store, pool, budget, options, context)
+    selected = select_mixture_stage(store, pool, budget, options, SelectionContext(mixture=fit_ref))
     stats = selected.manifest()["stats"]
     held = stats["tokens_by_component"]
     assert held["domain prose"] / sum(held.values()) == pytest.approx(fit["weights"][1], abs=0.03)

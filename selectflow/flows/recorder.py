@@ -41,6 +41,7 @@ from selectflow.stages.registry import (
     MIXTURE_PLAN,
     MIXTURE_PROBE,
     MIXTURE_SAMPLE,
+    MIXTURE_VALIDATION,
     NEAR_DEDUP,
     NGRAMS,
     PROBE,
@@ -126,10 +127,13 @@ class RunRecorder:
             self.stage(NGRAMS, selection.ngrams)
         if (search := selection.mixture) is not None:
             for stage, refs in ((MIXTURE_PLAN, [search.plan]), (MIXTURE_SAMPLE, search.samples),
-                                (MIXTURE_PROBE, search.probes), (MIXTURE_FIT, [search.fit])):
+                                (MIXTURE_PROBE, search.probes), (MIXTURE_FIT, [search.fit]),
+                                (MIXTURE_VALIDATION, [search.validation])):
                 self.stage(stage, refs)
-            for index, ref in enumerate(search.probes):
-                track_probe(self.tracker, f"mixture{index}", ref, self.config.probe)
+            for ref in search.probes:
+                probed = ref.manifest()["stats"]
+                track_probe(self.tracker, f"{probed['name']} seed {probed['seed']}".replace(" ", "_"), ref,
+                            self.config.probe)
         self.subsets = selection.subsets
         options = {selector.method: selector for selector in self.config.selection.selectors}
         for stage, ref in selection.subsets.items():

@@ -5,11 +5,14 @@ probes side by side on the workers; every probe is cached like any other."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pyarrow as pa
 
 from selectflow.config import Budget, MixtureSelector
 from selectflow.fingerprint import code_fingerprint
+from selectflow.probe.compare import t_interval
 from selectflow.select.mixture import (
     MixtureRegression,
     best_mixture,
@@ -20,7 +23,7 @@ from selectflow.select.mixture import (
 )
 from selectflow.stages.base import Decisions, write_decisions
 from selectflow.stages.pool import Pool, read_pool
-from selectflow.stages.registry import MIXTURE, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_SAMPLE
+from selectflow.stages.registry import MIXTURE, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_SAMPLE, MIXTURE_VALIDATION
 from selectflow.stages.selection import Selection, SelectionContext, build_selection
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
@@ -69,22 +72,21 @@ def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: 
 
 
 def mixture_sample_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: ArtifactRef | None,
-                         plan: ArtifactRef, index: int, options: MixtureSelector) -> ArtifactRef:
-    """Proposal `index`'s probe sample: the pool resampled to its weights, just covering `probe_tokens` bytes."""
-    weights = np.asarray(plan.manifest()["stats"]["mixtures"][index])
+                         weights: list[float], seed: int, label: str, options: MixtureSelector) -> ArtifactRef:
+    """A probe's sample of the pool resampled to `weights` (seeded), just covering `probe_tokens` bytes."""
 
     def write(writer: ArtifactWriter) -> None:
         data = read_pool(pool, clusters)
         names, components = components_of(data, options.components)
-        order, quotas = resample(components, packed_bytes(data.docs), weights, options.probe_tokens, "tokens",
-                                 options.seed + index)
-        decisions = _quota_decisions(MIXTURE_SAMPLE.name, data, names, components, order, weights, quotas,
-                                     f"mixture {index}'s probe sample")
-        write_decisions(writer, decisions, data.docs.take(pa.array(order, pa.int64())), index=index,
-                        weights=weights.tolist())
+        order, quotas = resample(components, packed_bytes(data.docs), np.asarray(weights), options.probe_tokens,
+                                 "tokens", seed)
+        decisions = _quota_decisions(MIXTURE_SAMPLE.name, data, names, components, order, np.asarray(weights),
+                                     quotas, f"the probe sample of {label}")
+        write_decisions(writer, decisions, data.docs.take(pa.array(order, pa.int64())), label=label, weights=weights)
 
-    config = {"index": index, "probe_tokens": options.probe_tokens}
-    keys = [plan.key] + [ref.key for ref in pool] + ([clusters.key] if clusters else [])
+    config = {"weights": weights, "seed": seed, "label": label, "components": options.components,
+              "probe_tokens": options.probe_tokens}
+    keys = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
     return store.build(MIXTURE_SAMPLE.name, config, keys, _CODE, write)
 
 
@@ -125,6 +127,49 @@ def mixture_fit_stage(store: ArtifactStore, plan: ArtifactRef, probes: list[Arti
 
     return store.build(MIXTURE_FIT.name, options.model_dump(include=fitted),
                        [plan.key, *(ref.key for ref in probes)], _CODE, write)
+
+
+def mixture_validation_stage(store: ArtifactStore, fit: ArtifactRef, probes: dict[str, dict[int, ArtifactRef]],
+                             confidence: float) -> ArtifactRef:
+    """The proposed mixture against the natural and the uniform one, probed with the same seeds: each one's mean
+    held-out bpb and the paired differences proposed - natural and proposed - uniform with their intervals, and
+    the verdict (stats)."""
+
+    def write(writer: ArtifactWriter) -> None:
+        stats = {name: {seed: ref.manifest()["stats"] for seed, ref in by_seed.items()}
+                 for name, by_seed in probes.items()}
+        metrics = [m for m in ("reference_bpb", "unseen_bpb", "prequential_bpb")
+                   if all(m in s for by_seed in stats.values() for s in by_seed.values())]
+        seeds = sorted(stats["proposed"])
+        means = {name: {m: asdict(t_interval([by_seed[s][m] for s in seeds], confidence)) for m in metrics}
+                 for name, by_seed in stats.items()}
+        differences = {f"proposed - {other}": {m: asdict(t_interval(
+            [stats["proposed"][s][m] - stats[other][s][m] for s in seeds], confidence)) for m in metrics}
+            for other in ("natural", "uniform")}
+        writer.stats(seeds=seeds, confidence=confidence, means=means, differences=differences,
+                     verdict=validation_verdict(differences, fit.manifest()["stats"]["target"], confidence))
+
+    inputs = [fit.key] + [ref.key for by_seed in probes.values() for ref in by_seed.values()]
+    return store.build(MIXTURE_VALIDATION.name, {"confidence": confidence}, inputs, _CODE, write)
+
+
+def validation_verdict(differences: dict, target: str, confidence: float) -> str:
+    """One sentence on the target metric: does the proposed mixture beat the natural and the uniform one?"""
+    parts = []
+    for name, by_metric in differences.items():
+        other = name.removeprefix("proposed - ")
+        d = by_metric[f"{target}_bpb"]
+        if d["low"] is None:
+            parts.append(f"vs the {other} mixture {d['mean']:+.3f} bpb (1 seed, no interval)")
+        elif d["high"] < 0:
+            parts.append(f"beats the {other} mixture by {-d['mean']:.3f} [{-d['high']:.3f}, {-d['low']:.3f}] bpb")
+        elif d["low"] > 0:
+            parts.append(f"is worse than the {other} mixture by {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] bpb")
+        else:
+            parts.append(f"is indistinguishable from the {other} mixture ({d['mean']:+.3f} [{d['low']:+.3f}, "
+                         f"{d['high']:+.3f}] bpb)")
+    return (f"On the {target} held-out set at the search's probe budget ({confidence:.0%} intervals over seeds), "
+            f"the proposed mixture {' and '.join(parts)}.")
 
 
 def select_mixture_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Budget, options: MixtureSelector,

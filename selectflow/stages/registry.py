@@ -24,9 +24,11 @@ MIXTURE_PLAN = register(Stage("mixture_plan", Kind.AUXILIARY, row=False))
 MIXTURE_SAMPLE = register(Stage("mixture_sample", Kind.AUXILIARY, row=False))
 MIXTURE_PROBE = register(Stage("mixture_probe", Kind.AUXILIARY, row=False))
 MIXTURE_FIT = register(Stage("mixture_fit", Kind.AUXILIARY, row=False))
+MIXTURE_VALIDATION = register(Stage("mixture_validation", Kind.AUXILIARY, row=False))
 MIXTURE = register(Stage("select_mixture", Kind.SELECTOR, subset="mixture", options=MixtureSelector,
                          run="selectflow.stages.mixture:select_mixture_stage",
-                         work_of=(MIXTURE_SAMPLE.name, MIXTURE_PROBE.name, MIXTURE_FIT.name)))
+                         work_of=(MIXTURE_SAMPLE.name, MIXTURE_PROBE.name, MIXTURE_FIT.name,
+                                  MIXTURE_VALIDATION.name)))
 RANDOM = register(Stage("select_random", Kind.BASELINE, subset="random", options=RandomSelector,
                         run="selectflow.stages.select_quad:select_random_stage"))
 TOPK = register(Stage("select_topk", Kind.BASELINE, subset="topk", options=TopkSelector,
