@@ -670,6 +670,18 @@ def _form_order(schema: dict) -> None:
         schema["properties"][name]["position"] = position
 
 
+class CurriculumConfig(_Strict):
+    """Curriculum comparison: one selected subset's probe budget of documents trained in several orders (the same
+    documents, the probe's model, budget and seeds), each compared with the shuffled order."""
+
+    enabled: bool = Field(False, description="Train the subset in each order (orders x probe.seeds probes).")
+    subset: str | None = Field(None, description="The subset to order. Unset: the first selector's.")
+    orders: list[Literal["domain", "domain_reversed", "easy_to_hard", "hard_to_easy"]] = Field(
+        ["domain", "domain_reversed", "easy_to_hard", "hard_to_easy"],
+        description="Orders compared with the shuffled one: whole domains in turn (by name, or reversed), or by each "
+        "document's own zlib ratio (most compressible = easiest first, or last).")
+
+
 class CurateConfig(_Strict):
     """A curate run: the corpus to read (ingest), the target set (reference), the selectors and their shared budget
     (selection), and how the subsets are judged (probe, risk). The sections after those tune the machinery (filters,
@@ -702,6 +714,7 @@ class CurateConfig(_Strict):
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -748,6 +761,13 @@ class CurateConfig(_Strict):
         if any(s.needs_mixture and s.target == "unseen" for s in self.selection.selectors) and not self.probe.unseen:
             raise ValueError("selection.selectors: mixture target 'unseen' minimizes bits per byte on probe.unseen, "
                              "and none is given; add probe.unseen: [{path: ...}] or use target: reference")
+        if self.curriculum.enabled and self.selecting:
+            if not self.reference:
+                raise ValueError("curriculum: its probes report held-out loss on the reference set, and none is given; "
+                                 "add `reference: [{path: ...}]` or set curriculum.enabled: false")
+            if self.curriculum.subset not in (None, *self.selection.methods):
+                raise ValueError(f"curriculum.subset {self.curriculum.subset!r} is not produced by this run (it "
+                                 f"produces {self.selection.methods}); change it or selection.selectors")
         if self.needs_probes and self.probe.subsets is not None:
             known = [*self.selection.methods, "full"]
             if unknown := [name for name in self.probe.subsets if name not in known]:

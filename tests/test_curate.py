@@ -182,10 +182,10 @@ def test_zip_inside_the_reference_sets_cluster_mix(prefect_harness, tmp_path, sm
     assert {row["group"] for row in zip_ref.read("decisions").to_pylist()} == set(strata)
 
 
-def test_mixture_search_probes_its_proposals_and_selects_to_the_fitted_weights(prefect_harness, tmp_path,
-                                                                               small_corpus):
+def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_corpus):
     """The mixture selector in a run: its proposals sampled and probed on the workers, the fit, the subset resampled
-    to the fitted cluster weights, every stage in the run record and each mixture probe in MLflow."""
+    to the fitted cluster weights, every stage in the run record and each mixture probe in MLflow; then the
+    mixture subset trained in the curricula requested."""
     from selectflow.flows.curate import curate
 
     config = load_config(write_config(
@@ -195,7 +195,8 @@ def test_mixture_search_probes_its_proposals_and_selects_to_the_fitted_weights(p
                "batch_size": 8, "evals": 2, "eval_tokens": 4096, "cpu_threads": 1, "seeds": 2},
         selection={"budget": 40000, "budget_unit": "tokens", "token_counter": "bytes", "selectors": [
             {"method": "mixture", "components": "cluster", "mixtures": 4, "probe_tokens": 8192, "candidates": 500,
-             "top": 10}, {"method": "random"}]}))
+             "top": 10}, {"method": "random"}]},
+        curriculum={"enabled": True, "orders": ["domain", "easy_to_hard"]}))
     summary = curate(config)
     run = load_run(ArtifactStore(config.workspace / "store"))
     (plan,), (fit,) = run.refs("mixture_plan"), run.refs("mixture_fit")
@@ -218,6 +219,10 @@ def test_mixture_search_probes_its_proposals_and_selects_to_the_fitted_weights(p
     assert {f"probe_{name}_mixture_seed_{seed}" for name in ("proposed", "natural", "uniform") for seed in (0, 1)} <= stages
     (validation,) = run.refs("mixture_validation")
     assert set(validation.manifest()["stats"]["differences"]) == {"proposed - natural", "proposed - uniform"}
+    (curricula,) = run.refs("curriculum")
+    assert curricula.manifest()["stats"]["subset"] == "mixture" and len(run.refs("curriculum_probe")) == 3 * 2
+    assert set(curricula.manifest()["stats"]["orders"]) == {"shuffled", "domain", "easy_to_hard"}
+    assert {"curriculum", "probe_mixture_easy_to_hard_seed_1"} <= stages
 
 
 def test_missing_input_fails_at_once(prefect_harness, tmp_path):

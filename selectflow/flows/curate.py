@@ -7,7 +7,7 @@ from prefect.futures import PrefectFuture
 from selectflow.config import CurateConfig, IngestConfig
 from selectflow.flows.cluster import cluster_pool
 from selectflow.flows.dedup import deduplicate
-from selectflow.flows.evaluate import probe_subsets
+from selectflow.flows.evaluate import compare_curricula, probe_subsets
 from selectflow.flows.ingest import ingest_corpus
 from selectflow.flows.recorder import RunRecorder
 from selectflow.flows.runner import dask_runner
@@ -15,6 +15,7 @@ from selectflow.flows.select import select_subset
 from selectflow.ingest import InputFile, plan_inputs
 from selectflow.preflight import check_docs_budgets
 from selectflow.stages.ingest import ingest_file
+from selectflow.stages.base import selector_stage
 from selectflow.stopping import note_signals
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
 from selectflow.tasks.stage import stage_calls
@@ -60,6 +61,11 @@ def _curate(config: CurateConfig) -> dict:
                     workspace, pool.deduped, selection.subsets, sets["reference"], sets.get("unseen", []),
                     config.probe, uniform_samples=config.risk.uniform_samples if config.risk.enabled else 0,
                     **retrying))
+            if config.curriculum.enabled:
+                name = config.curriculum.subset or config.selection.methods[0]
+                recorder.curricula(compare_curricula.with_options(task_runner=runner)(
+                    workspace, name, [selection.subsets[selector_stage(name).name]], sets["reference"],
+                    sets.get("unseen", []), config.probe, config.curriculum, **retrying))
         result = recorder.finish()
     recorder.publish_to_prefect()
     if recorder.risk is not None and recorder.risk.overall == "at risk" and config.risk.fail_on_risk:
@@ -85,7 +91,8 @@ class SubsetAtRisk(RuntimeError):
 def held_out_sets(config: CurateConfig) -> dict[str, IngestConfig]:
     """The reference (target) set and the unseen-domain set, each read like any input (quarantine included)."""
     sets = {"reference": config.reference,
-            "unseen": config.probe.unseen if config.needs_probes or config.needs_mixture else []}
+            "unseen": config.probe.unseen if config.needs_probes or config.needs_mixture or config.curriculum.enabled
+            else []}
     return {name: IngestConfig(inputs=inputs) for name, inputs in sets.items() if inputs}
 
 

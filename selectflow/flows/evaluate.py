@@ -2,13 +2,16 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from selectflow.config import ProbeConfig, RiskConfig
+from selectflow.config import CurriculumConfig, ProbeConfig, RiskConfig
 from selectflow.flows.runner import run_stages
 from selectflow.probe.compare import BASELINE, ProbeComparison, compare_probes
 from selectflow.probe.data import budget_blocks, common_budget
 from selectflow.risk import RiskPoint, SubsetAssessment, SubsetEvidence, check_subset, r_tolerance
 from selectflow.stages.base import Kind, stage_of_name, stages
+from selectflow.probe.curriculum import BASELINE_ORDER
+from selectflow.stages.curriculum import curriculum_stage
 from selectflow.stages.probe import full_pool_stage, probe_stage, subset_profile
+from selectflow.stages.registry import CURRICULUM_PROBE
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
 
@@ -87,6 +90,33 @@ def probe_subsets(
         runs[call["name"]][call["seed"]] = ref
     uniform = [subset_profile([samples[seed]], cfg) for seed in sample_seeds[:uniform_samples]]
     return ProbeRuns(runs, budget, profiles, notes, uniform)
+
+
+@dataclass
+class CurriculumRuns:
+    probes: list[ArtifactRef]
+    comparison: ArtifactRef
+
+
+@flow(name="curriculum", **FLOW_OPTIONS)
+def compare_curricula(workspace: str, name: str, subset: list[ArtifactRef], reference: list[ArtifactRef],
+                      unseen: list[ArtifactRef], cfg: ProbeConfig, curriculum: CurriculumConfig, retries: int = 2,
+                      retry_delay_seconds: float = 1.0) -> CurriculumRuns:
+    """The subset's probe budget of documents trained in each order and seed side by side, then compared."""
+    budget, _ = probe_budget(cfg, {name: subset_profile(subset, cfg)})
+    calls = [{"name": f"{name} {order}", "subset": subset, "reference": reference, "unseen": unseen, "cfg": cfg,
+              "seed": seed, "tokens": budget, "stage": CURRICULUM_PROBE.name, "order": order}
+             for order in (BASELINE_ORDER, *curriculum.orders) for seed in cfg.replicate_seeds]
+    refs = run_stages(probe_stage, "curriculum-probe", workspace, calls, "curriculum probes",
+                      label=lambda call: f"probe {call['name']} seed {call['seed']}",
+                      **shard_task_options(retries, retry_delay_seconds))
+    by_order: dict[str, dict[int, ArtifactRef]] = {}
+    for call, ref in zip(calls, refs):
+        by_order.setdefault(call["order"], {})[call["seed"]] = ref
+    (comparison,) = run_stages(curriculum_stage, "curriculum", workspace,
+                               [{"subset": name, "probes": by_order, "confidence": cfg.confidence,
+                                 "speed_fraction": cfg.speed_fraction}], "curriculum comparison")
+    return CurriculumRuns(refs, comparison)
 
 
 def compare_subsets(probes: ProbeRuns, cfg: ProbeConfig) -> ProbeComparison:

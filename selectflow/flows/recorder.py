@@ -14,7 +14,7 @@ from selectflow import summary
 from selectflow.config import CurateConfig, ProbeConfig
 from selectflow.flows.cluster import Clustered
 from selectflow.flows.dedup import DedupResult
-from selectflow.flows.evaluate import ProbeRuns, assess_risk, compare_subsets
+from selectflow.flows.evaluate import CurriculumRuns, ProbeRuns, assess_risk, compare_subsets
 from selectflow.flows.select import Selection
 from selectflow.probe.compare import BASELINE, ProbeComparison
 from selectflow.report import Risk, write_report
@@ -31,6 +31,8 @@ from selectflow.select.quad import round_metrics
 from selectflow.stages.base import Stage, stage_of_name
 from selectflow.stages.registry import (
     CLUSTER,
+    CURRICULUM,
+    CURRICULUM_PROBE,
     DEDUPED,
     EMBED,
     EXACT_DEDUP,
@@ -140,6 +142,17 @@ class RunRecorder:
             self.stage(stage, [ref])
             params = self.config.selection.budget_fields() | options[stage_of_name(stage).subset].model_dump()
             track_selection(self.tracker, stage, ref, params)
+
+    def curricula(self, curricula: CurriculumRuns) -> None:
+        """The curriculum probes and their comparison, in the run record and as nested MLflow runs."""
+        self.stage(CURRICULUM_PROBE, curricula.probes)
+        self.stage(CURRICULUM, [curricula.comparison])
+        for ref in curricula.probes:
+            probed = ref.manifest()["stats"]
+            track_probe(self.tracker, f"{probed['name']} seed {probed['seed']}".replace(" ", "_"), ref,
+                        self.config.probe)
+        self.tracker.stage(CURRICULUM.name, [curricula.comparison], self.config.curriculum.model_dump(),
+                           _numbers(curricula.comparison.manifest()["stats"]["orders"]))
 
     def probed(self, probes: ProbeRuns) -> None:
         """The probes' artifacts and MLflow runs, their comparison over seeds, and the risk check when enabled."""

@@ -11,10 +11,16 @@ How a subset is cut to the budget (the same rule for every compared subset):
    same blocks, each reshuffled, until the budget is met ("error" and "shrink" raise instead: with "shrink" the flow
    has already lowered every probe's budget to the smallest subset, see `common_budget`). The last, partial block
    of a stream is dropped.
+
+A curriculum (`reorder`) keeps step 2's documents, those the seeded shuffle brings within the budget, and only
+changes their order: the stream is rebuilt in the curriculum's order and its blocks are trained in stream order.
+The budget still ends at the same token, so the curriculum's last documents lose what the shuffled order's last
+one overshot (less than one document).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,14 +109,23 @@ def pack_train(
     seed: int,
     short_subset: str = "repeat",
     name: str = "subset",
+    reorder: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> TrainBlocks:
-    """The subset's training blocks for an exact budget (see the module docstring for the rule)."""
+    """The subset's training blocks for an exact budget (see the module docstring for the rule); `reorder` maps the
+    budget's documents (indices, in shuffled order) to the order a curriculum trains them in."""
     if not any(texts):
         raise ValueError(f"probe: subset {name!r} has no documents with text; nothing to train on")
     wanted = budget_blocks(tokens, batch_size, seq_len)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
     stream, lengths = _token_stream(texts, tokenizer, order, wanted * seq_len)
+    if reorder is not None:
+        chosen = order[: len(lengths)]
+        order = np.asarray(reorder(chosen), dtype=np.int64)
+        if sorted(order.tolist()) != sorted(chosen.tolist()):
+            raise ValueError(f"probe: the curriculum of subset {name!r} must reorder the budget's documents, not "
+                             "change them")
+        stream, lengths = _token_stream(texts, tokenizer, order, wanted * seq_len)
     unique = min(len(stream) // seq_len, wanted)
     if unique == 0:
         raise ValueError(
@@ -124,7 +139,8 @@ def pack_train(
         )
     used = unique * seq_len
     epoch = np.asarray(stream[:used], dtype=np.int64).reshape(unique, seq_len)
-    epoch = epoch[rng.permutation(unique)]
+    if reorder is None:
+        epoch = epoch[rng.permutation(unique)]
     parts = [epoch]
     while sum(len(part) for part in parts) < wanted:
         parts.append(epoch[rng.permutation(unique)])

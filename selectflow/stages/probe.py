@@ -22,6 +22,7 @@ import pyarrow as pa
 from selectflow.compression import set_ratio
 from selectflow.config import ProbeConfig
 from selectflow.fingerprint import code_fingerprint, files_fingerprint
+from selectflow.probe.curriculum import BASELINE_ORDER, reorder_for
 from selectflow.probe.data import pack_eval, pack_train, sample_to_tokens, stream_tokens
 from selectflow.probe.tokenizer import load_tokenizer
 from selectflow.probe.train import train_probe
@@ -67,16 +68,18 @@ def probe_stage(
     seed: int,
     tokens: int,
     stage: str = PROBE.name,
+    order: str = BASELINE_ORDER,
 ) -> ArtifactRef:
     """Train the probe of `seed` on `tokens` of the documents of `subset` ("docs" tables); held-out sets: reference
-    (and unseen, when given and not empty). `stage`: the artifact stage (the mixture search's probes have their
-    own, so that runs do not take them for the probes of selected subsets)."""
+    (and unseen, when given and not empty). `stage`: the artifact stage (the mixture search's and the curricula's
+    probes have their own, so that runs do not take them for the probes of selected subsets). `order`: a
+    curriculum of `selectflow.probe.curriculum` (the same documents as the shuffled order, reordered)."""
     reference_docs = read_docs(reference)
     unseen_docs = read_docs(unseen) if unseen is not None and len(unseen) else None
     config = {"name": name, "seed": seed, "tokens": tokens,
               "probe": cfg.model_dump(exclude=_TRAINING_FIELDS | {"tokenizer_path", "init_checkpoint"}),
               "files": _model_files(cfg), "reference": _texts_digest(reference_docs),
-              "unseen": _texts_digest(unseen_docs)}
+              "unseen": _texts_digest(unseen_docs)} | ({} if order == BASELINE_ORDER else {"order": order})
 
     def write(writer: ArtifactWriter) -> None:
         docs = read_docs(subset)
@@ -85,7 +88,9 @@ def probe_stage(
             raise ValueError(f"probe: subset {name!r} is empty (no documents); nothing to train on")
         tokenizer = _tokenizer(cfg)
         seq_len = cfg.model.seq_len
-        train = pack_train(texts, tokenizer, tokens, seq_len, cfg.batch_size, seed, cfg.short_subset, name)
+        domains = docs["domain"].to_pylist() if "domain" in docs.column_names else [None] * len(texts)
+        train = pack_train(texts, tokenizer, tokens, seq_len, cfg.batch_size, seed, cfg.short_subset, name,
+                           reorder_for(order, texts, domains))
         heldout = {"reference": pack_eval(reference_docs["text"].to_pylist(), tokenizer, cfg.eval_tokens, seq_len,
                                           "reference")}
         if unseen_docs is not None:
@@ -101,7 +106,7 @@ def probe_stage(
             else:
                 decisions.add(doc, "dropped", f"beyond probe {name!r} seed {seed}'s budget of {train.tokens} tokens")
         writer.write("decisions", decisions.table())
-        writer.stats(name=name, subset_docs=len(texts), tokenizer=tokenizer.name, **run.metrics,
+        writer.stats(name=name, order=order, subset_docs=len(texts), tokenizer=tokenizer.name, **run.metrics,
                      R_zlib=set_ratio(train.texts_used, "zlib"), R_zstd=set_ratio(train.texts_used, "zstd"),
                      text_bytes=sum(len(text.encode("utf-8")) for text in train.texts_used),
                      repeated=train.epochs > 1.0)

@@ -35,3 +35,5 @@ TOPK = register(Stage("select_topk", Kind.BASELINE, subset="topk", options=TopkS
                       run="selectflow.stages.select_quad:select_topk_stage"))
 FULL_POOL_SAMPLE = register(Stage("probe_full_pool", Kind.AUXILIARY, row=False))
 PROBE = register(Stage("probe", Kind.AUXILIARY, per_subset=True))
+CURRICULUM_PROBE = register(Stage("curriculum_probe", Kind.AUXILIARY, row=False))
+CURRICULUM = register(Stage("curriculum", Kind.AUXILIARY, work_of=(CURRICULUM_PROBE.name,)))
