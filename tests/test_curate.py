@@ -223,6 +223,10 @@ def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_
     assert curricula.manifest()["stats"]["subset"] == "mixture" and len(run.refs("curriculum_probe")) == 3 * 2
     assert set(curricula.manifest()["stats"]["orders"]) == {"shuffled", "domain", "easy_to_hard"}
     assert {"curriculum", "probe_mixture_easy_to_hard_seed_1"} <= stages
+    html = Path(summary["report"]).read_text()
+    for section in ("mixture", "curriculum"):
+        body = html.split(f'<section id="{section}">')[1].split("</section>")[0]
+        assert "<img" in body and ("the proposed mixture" in body or "Curricula of mixture" in body)
 
 
 def test_missing_input_fails_at_once(prefect_harness, tmp_path):

@@ -19,10 +19,13 @@ from selectflow.report.data import (
     BanditRound,
     BandPoint,
     ClusterComposition,
+    Curriculum,
     DomainComposition,
     Estimate,
     FunnelStep,
     HistoryPoint,
+    Mixture,
+    MixtureTrial,
     ProbeDifference,
     ProbeResult,
     Probes,
@@ -37,7 +40,7 @@ from selectflow.report.data import (
 from selectflow.risk import RiskPoint, SubsetAssessment, combine, fit_history
 from selectflow.runs import RunRecord
 from selectflow.stages.base import Kind, stages
-from selectflow.stages.registry import PROBE
+from selectflow.stages.registry import CURRICULUM, CURRICULUM_PROBE, MIXTURE_FIT, MIXTURE_VALIDATION, PROBE
 from selectflow.store import ArtifactRef, package_code_version
 
 HELDOUT_SETS = ("reference", "unseen")
@@ -74,6 +77,8 @@ def assemble_report(run: RunRecord, risk: Risk | None = None, comparison: ProbeC
         zip=Zip(rounds=_rounds(subsets["zip"])) if "zip" in subsets and _rounds(subsets["zip"]) else None,
         probes=probe_section(PROBE.by_subset(run), comparison),
         risk=risk,
+        mixture=_mixture(run),
+        curriculum=_curriculum(run),
     )
 
 
@@ -212,6 +217,42 @@ def _probe_result(name: str, curves: Mapping[int, dict], comparison: ProbeCompar
                              speed=speed.text if speed is not None else None),
         verdict=comparison.verdicts.get(name),
     )
+
+
+def _mixture(run: RunRecord) -> Mixture | None:
+    fits, validations = run.refs(MIXTURE_FIT.name), run.refs(MIXTURE_VALIDATION.name)
+    if not fits:
+        return None
+    fit = fits[0].manifest()["stats"]
+    table = fits[0].read("mixtures").to_pydict()
+    trials = [MixtureTrial(weights=w, measured=m, predicted=p) for w, m, p in
+              zip(table["weights"], table[f"{fit['target']}_bpb"], table["predicted_cv"])]
+    checked = validations[0].manifest()["stats"] if validations else {}
+    key = f"{fit['target']}_bpb"
+    return Mixture(components=fit["components"], natural=fit["natural"], weights=fit["weights"], target=fit["target"],
+                   trials=trials, spearman_cv=fit["spearman_cv"], predicted=fit["predicted_bpb"],
+                   predicted_natural=fit["predicted_natural_bpb"], preferred=fit["preferred"],
+                   differences={name.removeprefix("proposed - "): Estimate(**{k: d[key][k] for k in ("mean", "low",
+                                                                                                    "high", "n")})
+                                for name, d in checked.get("differences", {}).items()},
+                   verdict=checked.get("verdict", ""))
+
+
+def _curriculum(run: RunRecord) -> Curriculum | None:
+    compared = run.refs(CURRICULUM.name)
+    if not compared:
+        return None
+    stats = compared[0].manifest()["stats"]
+    series: dict[str, list] = collections.defaultdict(list)
+    for ref in run.refs(CURRICULUM_PROBE.name):
+        curve = ref.read("curve", columns=["step", "reference_bpb"]).to_pydict()
+        series[ref.manifest()["stats"]["order"]].append((curve["step"], curve["reference_bpb"]))
+    return Curriculum(subset=stats["subset"],
+                      curves={order: _band(curves, stats["confidence"]) for order, curves in series.items()},
+                      vs_shuffled={order: Estimate(**{k: d["vs_shuffled"]["area_bpb"][k] for k in ("mean", "low",
+                                                                                                   "high", "n")})
+                                   for order, d in stats["orders"].items() if "vs_shuffled" in d},
+                      confidence=stats["confidence"], verdict=stats["verdict"])
 
 
 def _finite(value) -> bool:

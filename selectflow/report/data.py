@@ -244,6 +244,40 @@ class Risk(_Model):
     min_history: int | None = Field(None, ge=0, description="Runs the fit needs (shown when there are fewer).")
 
 
+class MixtureTrial(_Model):
+    """One probed mixture of the search: its weights, measured held-out bpb and the cross-validated prediction."""
+
+    weights: list[float]
+    measured: float
+    predicted: float
+
+
+class Mixture(_Model):
+    """The mixture search: components, natural and proposed weights, the fit and the validation."""
+
+    components: list[str]
+    natural: list[float]
+    weights: list[float]
+    target: str = "reference"
+    trials: list[MixtureTrial] = []
+    spearman_cv: float | None = None
+    predicted: float | None = None
+    predicted_natural: float | None = None
+    preferred: bool = True
+    differences: dict[str, Estimate] = Field({}, description="proposed - natural / uniform on the target metric.")
+    verdict: str = ""
+
+
+class Curriculum(_Model):
+    """One subset trained in several orders: mean held-out curve per order, area vs shuffled, the verdict."""
+
+    subset: str
+    curves: dict[str, list[BandPoint]] = Field(..., description="order -> reference bpb over seeds per step.")
+    vs_shuffled: dict[str, Estimate] = Field({}, description="order -> area under the curve minus shuffled's.")
+    confidence: float = 0.95
+    verdict: str = ""
+
+
 class RunReport(_Model):
     run_id: str
     created_at: datetime | None = None
@@ -260,6 +294,8 @@ class RunReport(_Model):
     zip: Zip | None = None
     probes: Probes | None = None
     risk: Risk | None = None
+    mixture: Mixture | None = None
+    curriculum: Curriculum | None = None
 
     def subset_names(self) -> list[str]:
         """Every subset the report mentions: `subsets` first, then in order of appearance."""

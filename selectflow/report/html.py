@@ -27,6 +27,8 @@ SECTIONS = [
     ("zip", "ZIP rounds"),
     ("probes", "Probe training"),
     ("risk", "Entropy-law risk"),
+    ("mixture", "Mixture search"),
+    ("curriculum", "Curricula"),
 ]
 
 CSS = """
@@ -94,6 +96,8 @@ def render_report(report: RunReport) -> str:
             _zip_section(report, colours),
             _probe_section(report, names, colours),
             _risk_section(report, names, colours),
+            _mixture_section(report),
+            _curriculum_section(report),
         ]
     title = f"selectflow run {report.run_name or report.run_id}"
     return (
@@ -319,6 +323,32 @@ def _zip_section(report: RunReport, colours: dict[str, str]) -> str:
     ]
     plot = _figure_html(lambda: plots.zip_figure(zip_, colours), "ZIP compression ratio per round")
     return _section("zip", _facts(facts) + plot)
+
+
+def _mixture_section(report: RunReport) -> str:
+    mixture = report.mixture
+    if mixture is None:
+        return _section("mixture", _missing_selector_note(report, "mixture search", "mixture"))
+    facts = [("components", len(mixture.components)), ("mixtures probed", len(mixture.trials)),
+             ("target", f"{mixture.target} held-out bpb"),
+             ("fit's Spearman on left-out mixtures", "n/a" if mixture.spearman_cv is None
+              else f"{mixture.spearman_cv:.2f}"),
+             ("predicted bpb: proposed / natural", f"{_fmt(mixture.predicted)} / {_fmt(mixture.predicted_natural)}")]
+    note = "" if mixture.preferred else _note("The fit predicts the same loss for every mixture: the natural "
+                                             "proportions are kept.")
+    rows = [(name, f"{natural:.3f}", f"{weight:.3f}")
+            for name, natural, weight in zip(mixture.components, mixture.natural, mixture.weights)]
+    plot = _figure_html(lambda: plots.mixture_figure(mixture), "Mixture weights, fit and validation")
+    return _section("mixture", _facts(facts) + note + _note(mixture.verdict) + plot +
+                    _table(["component", "natural", "proposed"], rows))
+
+
+def _curriculum_section(report: RunReport) -> str:
+    curriculum = report.curriculum
+    if curriculum is None:
+        return _section("curriculum", _note("No curriculum comparison in this run (curriculum.enabled: false)."))
+    plot = _figure_html(lambda: plots.curriculum_figure(curriculum), "Held-out curves per order")
+    return _section("curriculum", _note(curriculum.verdict) + plot)
 
 
 def _interval(value: Estimate | None, digits: int = 3) -> _Figures:

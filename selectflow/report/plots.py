@@ -15,8 +15,11 @@ from selectflow.report.data import (
     Bandit,
     BandPoint,
     ClusterComposition,
+    Curriculum,
     DomainComposition,
+    Estimate,
     FunnelStep,
+    Mixture,
     Probes,
     Risk,
     Zip,
@@ -284,6 +287,74 @@ def probe_figure(probes: Probes, subsets: Sequence[str], colours: dict[str, str]
     fig.legend(handles, labels, frameon=False, loc="outside lower center", ncols=min(len(labels), 6))
     fig.suptitle(f"Probe curves: mean over seeds, shaded {_seed_text(probes)} (lower is better)", fontsize=10)
     return fig
+
+
+def mixture_figure(mixture: Mixture) -> Figure:
+    """The natural and the proposed weights per component; each probed mixture's measured bpb against the fit's
+    prediction from the other mixtures; the proposed mixture's paired differences from the natural and uniform."""
+    fig, (weights_ax, fit_ax, forest_ax) = _figure(11, 3.8, ncols=3)
+    x = np.arange(len(mixture.components))
+    weights_ax.bar(x - 0.2, mixture.natural, width=0.4, color=POOL_COLOUR, label="natural (pool)")
+    weights_ax.bar(x + 0.2, mixture.weights, width=0.4, color=SPARE_COLOURS[0], label="proposed")
+    weights_ax.set_xticks(x, mixture.components, rotation=45, ha="right", fontsize=7)
+    weights_ax.set_ylabel("weight (share of bytes)")
+    weights_ax.set_title("Mixture weights")
+    weights_ax.legend(frameon=False)
+    measured = [t.measured for t in mixture.trials]
+    fit_ax.plot(measured, [t.predicted for t in mixture.trials], "o", color=SPARE_COLOURS[0], ms=5)
+    if measured:
+        low, high = min(measured), max(measured)
+        fit_ax.plot([low, high], [low, high], ls=":", color="#555555", lw=1)
+    rho = "n/a" if mixture.spearman_cv is None else f"{mixture.spearman_cv:.2f}"
+    fit_ax.set_xlabel(f"measured {mixture.target} bpb")
+    fit_ax.set_ylabel("predicted from the other mixtures")
+    fit_ax.set_title(f"Fit, cross-validated (Spearman {rho})")
+    forest_ax.grid(False)
+    forest_ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+    forest_ax.axvline(0.0, color="#444444", lw=1)
+    names = list(mixture.differences)
+    for y, name in zip(range(len(names))[::-1], names):
+        _estimate_row(forest_ax, mixture.differences[name], y, SPARE_COLOURS[0])
+    forest_ax.set_yticks(range(len(names))[::-1], [f"- {name}" for name in names])
+    forest_ax.set_ylim(-0.7, max(len(names), 1) - 0.3)
+    forest_ax.margins(x=0.3)
+    forest_ax.set_xlabel(f"proposed - other, {mixture.target} bpb")
+    forest_ax.set_title("Validation (left of 0: proposed better)")
+    return fig
+
+
+def curriculum_figure(curriculum: Curriculum) -> Figure:
+    """Reference held-out bpb per order over the training steps (mean, shaded interval), and each order's area under
+    that curve minus the shuffled order's."""
+    fig, (curve_ax, forest_ax) = _figure(10.5, 3.7, ncols=2)
+    orders = list(curriculum.curves)
+    for order, colour in zip(orders, SPARE_COLOURS):
+        _draw_band(curve_ax, curriculum.curves[order], colour, order, "o")
+    curve_ax.set_xlabel("training step")
+    curve_ax.set_ylabel("reference held-out bits/byte")
+    curve_ax.set_title(f"{curriculum.subset}: one budget of documents in each order")
+    curve_ax.legend(frameon=False)
+    forest_ax.grid(False)
+    forest_ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+    forest_ax.axvline(0.0, color="#444444", lw=1)
+    names = list(curriculum.vs_shuffled)
+    for y, name in zip(range(len(names))[::-1], names):
+        _estimate_row(forest_ax, curriculum.vs_shuffled[name], y, SPARE_COLOURS[orders.index(name) % 8]
+                      if name in orders else "#333333")
+    forest_ax.set_yticks(range(len(names))[::-1], names)
+    forest_ax.set_ylim(-0.7, max(len(names), 1) - 0.3)
+    forest_ax.margins(x=0.3)
+    forest_ax.set_xlabel("area under the curve, order - shuffled (bits/byte)")
+    forest_ax.set_title(f"Learning speed vs shuffled ({100 * curriculum.confidence:.0f}% CI; left: faster)")
+    return fig
+
+
+def _estimate_row(ax, estimate: Estimate, y: float, colour: str) -> None:
+    """One forest row: the mean, its interval, filled when the interval excludes 0."""
+    decided = estimate.low is not None and (estimate.low > 0 or estimate.high < 0)
+    err = None if estimate.low is None else [[estimate.mean - estimate.low], [estimate.high - estimate.mean]]
+    ax.errorbar([estimate.mean], [y], xerr=err, fmt="o", ms=7, color=colour, capsize=4, lw=1.6,
+                mfc=colour if decided else "white", mew=1.6)
 
 
 def forest_figure(probes: Probes, subsets: Sequence[str], colours: dict[str, str]) -> Figure | None:
