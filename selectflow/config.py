@@ -661,8 +661,9 @@ class TrackingConfig(_Strict):
 
 
 # The Prefect form shows fields in this order (its `position` key): what a run is about first, the machinery after.
-FORM_ORDER = ("ingest", "reference", "selection", "probe", "risk", "run_name", "workspace", "stage_modules", "filters",
-              "dedup", "cluster", "influence", "dask", "tracking", "retries", "retry_delay_seconds")
+FORM_ORDER = ("ingest", "reference", "selection", "probe", "risk", "curriculum", "run_name", "workspace",
+              "stage_modules", "filters", "dedup", "cluster", "influence", "dask", "tracking", "retries",
+              "retry_delay_seconds")
 
 
 def _form_order(schema: dict) -> None:

@@ -13,6 +13,26 @@ def test_sample_config_loads_and_resolves_paths():
     assert config.workspace.is_absolute()
 
 
+def test_mixture_sample_config_loads():
+    config = load_config(SAMPLE_CONFIG.with_name("sample-mixture.yaml"))
+    assert [s.method for s in config.selection.selectors] == ["mixture", "random"] and config.curriculum.enabled
+    assert all(Path(spec.path).is_file() for spec in [*config.ingest.inputs, *config.reference, *config.probe.unseen])
+
+
+def test_mixture_and_curriculum_settings_are_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    base = "ingest: {inputs: [{path: data.jsonl}]}\nreference: [{path: ref.jsonl}]\n"
+    path.write_text(base + "selection: {selectors: [{method: mixture, target: unseen}]}\n")
+    with pytest.raises(ConfigError, match="mixture target 'unseen'.*probe.unseen"):
+        load_config(path)
+    path.write_text(base + "selection: {selectors: [{method: random}]}\ncurriculum: {enabled: true, subset: zip}\n")
+    with pytest.raises(ConfigError, match="curriculum.subset 'zip' is not produced"):
+        load_config(path)
+    path.write_text(base + "curriculum: {orders: [alphabetical]}\n")
+    with pytest.raises(ConfigError, match="curriculum.orders"):
+        load_config(path)
+
+
 def test_model_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path / "c.yaml").write_text("ingest: {inputs: [{path: data.jsonl}]}\ninfluence: {model_path: models/ref}\n"
                                       "probe: {enabled: false, tokenizer: hf, tokenizer_path: tok}\n")
