@@ -89,6 +89,7 @@ def _chunks(name: str, n: int, size: int = 400) -> list[str]:
 
 
 def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
+    from selectflow.config import Budget
     from selectflow.stages.mixture import (
         mixture_fit_stage,
         mixture_plan_stage,
@@ -99,7 +100,6 @@ def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
     from selectflow.stages.probe import probe_stage
     from selectflow.stages.registry import MIXTURE_PROBE
     from selectflow.stages.selection import SelectionContext
-    from selectflow.config import Budget
     from selectflow.store import ArtifactStore
 
     prose, code = _chunks("prose.jsonl.zst", 500), _chunks("code.jsonl.zst", 400)

@@ -14,8 +14,8 @@ from selectflow.flows.runner import dask_runner
 from selectflow.flows.select import select_subset
 from selectflow.ingest import InputFile, plan_inputs
 from selectflow.preflight import check_docs_budgets
-from selectflow.stages.ingest import ingest_file
 from selectflow.stages.base import selector_stage
+from selectflow.stages.ingest import ingest_file
 from selectflow.stopping import note_signals
 from selectflow.tasks.common import FLOW_OPTIONS, shard_task_options
 from selectflow.tasks.stage import stage_calls

@@ -5,10 +5,10 @@ from prefect import flow
 from selectflow.config import CurriculumConfig, ProbeConfig, RiskConfig
 from selectflow.flows.runner import run_stages
 from selectflow.probe.compare import BASELINE, ProbeComparison, compare_probes
+from selectflow.probe.curriculum import BASELINE_ORDER
 from selectflow.probe.data import budget_blocks, common_budget
 from selectflow.risk import RiskPoint, SubsetAssessment, SubsetEvidence, check_subset, r_tolerance
 from selectflow.stages.base import Kind, stage_of_name, stages
-from selectflow.probe.curriculum import BASELINE_ORDER
 from selectflow.stages.curriculum import curriculum_stage
 from selectflow.stages.probe import full_pool_stage, probe_stage, subset_profile
 from selectflow.stages.registry import CURRICULUM_PROBE

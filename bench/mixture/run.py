@@ -1,0 +1,127 @@
+"""Does the mixture search find better mixtures, and can its regression rank mixtures it has not seen?
+
+    .venv/bin/python bench/mixture/run.py --corpus sample --workspace WS
+    .venv/bin/python bench/mixture/run.py --corpus debian --workspace WS     # after debian_corpus.py
+
+1. The pipeline runs with the corpus's config (as `bench/selection/run.py` does) and the selectors
+   `[{method: mixture, mixtures: --mixtures, ...}, {method: random}]`, probes on, and the curricula of the mixture
+   subset (`--orders`). Everything is cached in the workspace.
+2. `--heldout` more mixtures, drawn like the proposals but with another seed, are sampled and probed exactly like
+   the proposals (same stages, same probe budget) and never shown to the fit. The fit (refit here on the run's
+   probed mixtures, as the stage does) predicts them: Spearman(predicted, measured) over them is the held-out rank
+   correlation (target >= 0.8), with a bootstrap interval over the held-out mixtures.
+3. Reported with it: the cross-validated Spearman of the run, the proposed weights, the validation (proposed vs
+   natural and uniform at the search's probe budget, paired seeds), the run's own probes (mixture subset vs random
+   at the default budget), and the curricula. Results: `<root>/mixture-<label>.json` and markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench" / "selection"))
+from run import ROOT, measure, pipeline, run_pipeline  # noqa: E402  (bench/selection/run.py)
+
+from selectflow.cli import _parse_sets  # noqa: E402
+from selectflow.config import MixtureSelector, load_config  # noqa: E402
+from selectflow.runs import load_run  # noqa: E402
+from selectflow.select.mixture import MixtureRegression, propose_mixtures  # noqa: E402
+from selectflow.stages.mixture import mixture_sample_stage  # noqa: E402
+from selectflow.stages.probe import probe_stage  # noqa: E402
+from selectflow.stages.registry import CURRICULUM, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_VALIDATION  # noqa: E402
+from selectflow.stages.selection import SelectionContext  # noqa: E402
+from selectflow.store import ArtifactStore  # noqa: E402
+
+HELDOUT_SEED = 7919  # proposals use seed 0 (the option's default); held-out mixtures never share their draws
+
+
+def heldout_mixtures(store: ArtifactStore, run, config, options: MixtureSelector, n: int) -> list[dict]:
+    """`n` fresh mixtures around the same natural proportions, sampled and probed like the proposals."""
+    planned = run.refs(MIXTURE_PLAN.name)[0].manifest()["stats"]
+    weights = propose_mixtures(np.asarray(planned["natural"]), n, options.concentration, options.floor, HELDOUT_SEED)
+    pool = run.refs("deduped")
+    clusters = run.refs("cluster")[0] if options.components == "cluster" else SelectionContext(
+        run.refs("cluster")[0] if run.refs("cluster") else None).semdedup()
+    reference, unseen = run.refs("reference_set"), run.refs("unseen_set")
+    out = []
+    for index, mixture in enumerate(weights):
+        label = f"held-out mixture {index}"
+        sample = mixture_sample_stage(store, pool, clusters, mixture.tolist(), HELDOUT_SEED + index, label, options)
+        probed = probe_stage(store, label, [sample], reference, unseen or None, config.probe, config.probe.seed,
+                             options.probe_tokens, stage="mixture_probe")
+        out.append({"weights": mixture.tolist(), **{k: v for k, v in probed.manifest()["stats"].items()
+                                                    if k.endswith("_bpb")}})
+        print(f"  {label}: {options.target} {out[-1][f'{options.target}_bpb']:.4f} bpb", flush=True)
+    return out
+
+
+def bootstrap_spearman(predicted: np.ndarray, measured: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(measured), len(measured))
+        if np.ptp(measured[pick]) > 0 and np.ptp(predicted[pick]) > 0:
+            values.append(spearmanr(predicted[pick], measured[pick])[0])
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else [None, None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="sample")
+    parser.add_argument("--root", type=Path, default=ROOT)
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--budget", type=int, default=4_400_000, help="selection budget in UTF-8 bytes")
+    parser.add_argument("--mixtures", type=int, default=16)
+    parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--components", default="domain", choices=["domain", "cluster"])
+    parser.add_argument("--orders", default="[domain, easy_to_hard]")
+    parser.add_argument("--label")
+    args = parser.parse_args()
+    config_path, overrides = pipeline(args.corpus, args.root)
+    selectors = (f"[{{method: mixture, components: {args.components}, mixtures: {args.mixtures}}}, "
+                 "{method: random}]")
+    overrides += [f"selection.budget={args.budget}", "selection.budget_unit=tokens", "selection.token_counter=bytes",
+                  f"selection.selectors={selectors}", "probe.enabled=true", "curriculum.enabled=true",
+                  "curriculum.subset=mixture", f"curriculum.orders={args.orders}"]
+    run_pipeline(config_path, args.workspace, overrides)
+    store = ArtifactStore(args.workspace / "store")
+    run = load_run(store)
+    config = load_config(config_path, _parse_sets(overrides))
+    options = next(s for s in config.selection.selectors if s.method == "mixture")
+    fit_ref = run.refs(MIXTURE_FIT.name)[0]
+    fit, table = fit_ref.manifest()["stats"], fit_ref.read("mixtures").to_pydict()
+    key = f"{options.target}_bpb"
+    model = MixtureRegression(options.regression, options.seed).fit(np.asarray(table["weights"]),
+                                                                    np.asarray(table[key]))
+    held = heldout_mixtures(store, run, config, options, args.heldout)
+    predicted = model.predict(np.asarray([h["weights"] for h in held]))
+    measured = np.asarray([h[key] for h in held])
+    result = {"corpus": args.corpus, "components": fit["components"], "natural": fit["natural"],
+              "proposed": fit["weights"], "spearman_cv": fit["spearman_cv"],
+              "spearman_heldout": float(spearmanr(predicted, measured)[0]),
+              "spearman_heldout_ci": bootstrap_spearman(predicted, measured),
+              "heldout": [h | {"predicted": float(p)} for h, p in zip(held, predicted)],
+              "validation": run.refs(MIXTURE_VALIDATION.name)[0].manifest()["stats"],
+              "curriculum": run.refs(CURRICULUM.name)[0].manifest()["stats"], **measure(args.workspace)}
+    out = args.root / f"mixture-{args.label or args.corpus}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    proposed = dict(zip(fit["components"], np.round(fit["weights"], 3).tolist()))
+    print(f"held-out Spearman {result['spearman_heldout']:.2f} {result['spearman_heldout_ci']} "
+          f"(cross-validated {fit['spearman_cv']}); proposed {proposed}")
+    print(result["validation"]["verdict"])
+    print(result["curriculum"]["verdict"])
+    print(result["probes"]["recommendation"])
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
