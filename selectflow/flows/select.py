@@ -1,4 +1,4 @@
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefect import flow
 
@@ -8,6 +8,7 @@ from selectflow.flows.mixture import MixtureSearch, search_mixture
 from selectflow.flows.runner import run_stages, run_tasks
 from selectflow.stages.base import selector_stage
 from selectflow.stages.influence import influence_reference_stage
+from selectflow.stages.mixture import pool_view
 from selectflow.stages.select_dsir import ngram_features_stage
 from selectflow.stages.selection import SelectionContext, budgets_by_method
 from selectflow.store import ArtifactRef
@@ -42,15 +43,13 @@ def select_subset(
                                   [{"reference": reference, "cfg": influence_cfg}], "influence reference",
                                   use_all_cores=True)
     ngrams = count_ngrams(workspace, pool, reference or [], cfg)
-    clusters = None if clustered is None else clustered.clusters
-    mixture = next((options for options in cfg.selectors if options.needs_mixture), None)
-    if mixture is not None:
-        semdedup = SelectionContext(clusters).semdedup()
-        mixture = search_mixture(workspace, pool, clusters if mixture.components == "cluster" else semdedup,
-                                 reference or [], unseen or [], mixture, probe or ProbeConfig())
-    context = SelectionContext(clusters, influence, influence_cfg, **ngrams,
-                               reference_clusters=None if clustered is None else clustered.reference,
-                               mixture=None if mixture is None else mixture.fit)
+    context = SelectionContext(None if clustered is None else clustered.clusters, influence, influence_cfg, **ngrams,
+                               reference_clusters=None if clustered is None else clustered.reference)
+    search = None
+    if (options := next((options for options in cfg.selectors if options.needs_mixture), None)) is not None:
+        search = search_mixture(workspace, pool, pool_view(context, options), reference or [], unseen or [], options,
+                                probe or ProbeConfig())
+        context = replace(context, mixture=search.fit)
     budgets = budgets_by_method(cfg)
     calls = {}
     for options in cfg.selectors:
@@ -58,7 +57,7 @@ def select_subset(
         inputs = {"pool": pool, "budget": budgets[options.method], "options": options, "context": context}
         (calls[stage.name],) = stage_calls(stage.function(), f"{options.method}-{stage.kind}", workspace, [inputs])
     return Selection(dict(zip(calls, run_tasks(list(calls.values()), "selection"))), influence,
-                     ngrams.get("ngrams", []) + ngrams.get("reference_ngrams", []), mixture)
+                     ngrams.get("ngrams", []) + ngrams.get("reference_ngrams", []), search)
 
 
 def count_ngrams(workspace: str, pool: list[ArtifactRef], reference: list[ArtifactRef],

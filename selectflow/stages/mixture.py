@@ -48,7 +48,9 @@ def packed_bytes(docs: pa.Table) -> np.ndarray:
     return np.fromiter((len(text.encode("utf-8")) + 1 for text in docs["text"].to_pylist()), np.int64, docs.num_rows)
 
 
-def _pool_view(context: SelectionContext, options: MixtureSelector) -> ArtifactRef | None:
+def pool_view(context: SelectionContext, options: MixtureSelector) -> ArtifactRef | None:
+    """The cluster artifact the mixture's pool is read with: its clusters are the components, or it dropped
+    documents by semantic dedup (None: the whole pool, by domain)."""
     return context.clusters if options.components == "cluster" else context.semdedup()
 
 
@@ -62,10 +64,11 @@ def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: 
         if len(names) < 2:
             raise ValueError(f"mixture: the pool has {len(names)} {options.components} component(s); mixing needs at "
                              "least 2 (label domains at ingest, or use components: cluster)")
-        natural = natural_weights(components, packed_bytes(data.docs), len(names))
+        sizes = packed_bytes(data.docs)
+        natural = natural_weights(components, sizes, len(names))
         proposals = propose_mixtures(natural, options.mixtures, options.concentration, options.floor, options.seed)
         writer.stats(components=names, natural=natural.tolist(), mixtures=proposals.tolist(),
-                     held_bytes=np.bincount(components, weights=packed_bytes(data.docs)).astype(int).tolist())
+                     held_bytes=np.bincount(components, weights=sizes).astype(int).tolist())
 
     keys = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
     return store.build(MIXTURE_PLAN.name, options.model_dump(include=_SEARCH_FIELDS), keys, _CODE, write)
@@ -196,7 +199,7 @@ def select_mixture_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: 
             "quotas": dict(zip(names, quotas.tolist())), "tokens_by_component": dict(zip(names, filled.tolist())),
             "preferred": fit["preferred"], "spearman_cv": fit["spearman_cv"]})
 
-    return build_selection(store, MIXTURE, pool, _pool_view(context, options), budget.token_counter,
+    return build_selection(store, MIXTURE, pool, pool_view(context, options), budget.token_counter,
                            {**budget.budget_fields(), **options.model_dump()}, [context.mixture.key], _CODE, select)
 
 
