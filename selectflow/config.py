@@ -215,10 +215,12 @@ class ZipSelector(ZipOptions, SelectorOptions):
         "the least redundant subset keeps the pool's mix instead of collapsing onto a few domains. 'none': one ZIP "
         "over the whole pool (the paper).",
     )
-    quota: Literal["pool", "uniform", "reference"] = Field(
+    quota: Literal["pool", "uniform", "reference", "mixture"] = Field(
         "pool", description="strata: each stratum's quota is its share of the pool ('pool'), an equal share "
-        "('uniform') or, with strata 'cluster', its share of the reference set's documents, each assigned to its "
-        "nearest pool cluster ('reference'); never more than it holds.")
+        "('uniform'), with strata 'cluster' its share of the reference set's documents, each assigned to its "
+        "nearest pool cluster ('reference'), or its weight in the mixture the mixture selector of the same run found "
+        "('mixture': ZIP inside the probed mixture; strata must be the mixture's components); never more than it "
+        "holds.")
 
     def config(self, budget: Budget) -> ZipConfig:
         return ZipConfig(**self.model_dump(exclude={"method", "strata", "quota"}), **budget.budget_fields())
@@ -498,6 +500,22 @@ class SelectionConfig(Budget):
         for selector in self.selectors:
             selector.check_budget(self.budget_of)
         return self
+
+    @model_validator(mode="after")
+    def _mixture_quotas_have_a_mixture(self) -> SelectionConfig:
+        search = self.mixture_search
+        for selector in self.selectors:
+            if getattr(selector, "quota", None) == "mixture" and (search is None or
+                                                                  search.components != selector.strata):
+                raise ValueError(f"{selector.method} quota 'mixture' takes its quotas from the mixture selector of the "
+                                 f"same run, over the same components: add {{method: mixture, components: "
+                                 f"{selector.strata}}} to selectors")
+        return self
+
+    @property
+    def mixture_search(self) -> MixtureSelector | None:
+        """The mixture selector, whose search runs before every selector (and whose fit ZIP's quotas may use)."""
+        return next((selector for selector in self.selectors if selector.needs_mixture), None)
 
     @property
     def methods(self) -> list[str]:

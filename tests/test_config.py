@@ -28,6 +28,10 @@ def test_mixture_and_curriculum_settings_are_checked(tmp_path):
     path.write_text(base + "selection: {selectors: [{method: random}]}\ncurriculum: {enabled: true, subset: zip}\n")
     with pytest.raises(ConfigError, match="curriculum.subset 'zip' is not produced"):
         load_config(path)
+    path.write_text(base + "selection: {budget_unit: tokens, selectors: [{method: zip, strata: domain, quota: mixture}]}"
+                    "\n")
+    with pytest.raises(ConfigError, match="add {method: mixture, components: domain}"):
+        load_config(path)
     path.write_text(base + "curriculum: {orders: [alphabetical]}\n")
     with pytest.raises(ConfigError, match="curriculum.orders"):
         load_config(path)

@@ -13,6 +13,7 @@ import pytest
 from selectflow.config import load_config
 from selectflow.lineage import doc_lineage, run_graph
 from selectflow.runs import load_run
+from selectflow.select.strata import stratum_quotas
 from selectflow.store import ArtifactStore
 from tests.conftest import SAMPLE, write_config
 
@@ -195,7 +196,9 @@ def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_
                "batch_size": 8, "evals": 2, "eval_tokens": 4096, "cpu_threads": 1, "seeds": 2},
         selection={"budget": 40000, "budget_unit": "tokens", "token_counter": "bytes", "selectors": [
             {"method": "mixture", "components": "cluster", "mixtures": 4, "probe_tokens": 8192, "candidates": 500,
-             "top": 10}, {"method": "random"}]},
+             "top": 10},
+            {"method": "zip", "k1": 100, "k2": 10, "k3": 5, "strata": "cluster", "quota": "mixture"},
+            {"method": "random"}]},
         curriculum={"enabled": True, "orders": ["domain", "easy_to_hard"]}))
     summary = curate(config)
     run = load_run(ArtifactStore(config.workspace / "store"))
@@ -209,6 +212,13 @@ def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_
     assert sum(stats["quotas"].values()) == 40000
     weights = np.array(fit.manifest()["stats"]["weights"])
     assert np.isclose(weights.sum(), 1.0) and weights.min() >= 0.02 - 1e-9
+    # ZIP inside the probed mixture: its strata's quotas follow the fitted weights (capped at what ZIP can take)
+    strata = run.refs("select_zip")[0].manifest()["stats"]["strata"]
+    weight = dict(zip(components, weights))
+    names = sorted(strata)
+    expected = stratum_quotas((np.array([strata[n]["held"] for n in names]) * 5 / 10).astype(np.int64), 40000,
+                              "reference", np.array([weight[n] for n in names]))
+    assert [strata[n]["quota"] for n in names] == expected.tolist()
     import mlflow
 
     client = mlflow.MlflowClient(config.tracking.tracking_uri)

@@ -46,7 +46,7 @@ def select_subset(
     context = SelectionContext(None if clustered is None else clustered.clusters, influence, influence_cfg, **ngrams,
                                reference_clusters=None if clustered is None else clustered.reference)
     search = None
-    if (options := next((options for options in cfg.selectors if options.needs_mixture), None)) is not None:
+    if (options := cfg.mixture_search) is not None:
         search = search_mixture(workspace, pool, pool_view(context, options), reference or [], unseen or [], options,
                                 probe or ProbeConfig())
         context = replace(context, mixture=search.fit)

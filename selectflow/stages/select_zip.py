@@ -72,10 +72,14 @@ def zip_stage(
             found = Counter(f"cluster {c}" for c in context.reference_clusters.read(
                 "assignments", columns=["cluster"])["cluster"].to_pylist())
             target = np.array([found[name] for name in names])
+        if options.quota == "mixture":  # the probed mixture's weight per stratum (the same component names)
+            fit = context.mixture.manifest()["stats"]
+            weight = dict(zip(fit["components"], fit["weights"]))
+            target = np.array([weight.get(name, 0.0) for name in names])
         held = np.bincount(inverse, weights=lengths, minlength=len(names)).astype(np.int64)
         # Every round K2 candidates leave the pool and K3 of them are picked: ZIP takes about K3/K2 of a stratum.
-        quotas = stratum_quotas((held * min(1.0, cfg.k3 / cfg.k2)).astype(np.int64), budget.budget, options.quota,
-                                target)
+        quotas = stratum_quotas((held * min(1.0, cfg.k3 / cfg.k2)).astype(np.int64), budget.budget,
+                                "reference" if options.quota == "mixture" else options.quota, target)
         strata = []
         for index, name in enumerate(names):
             rows = np.flatnonzero(inverse == index)
@@ -92,7 +96,10 @@ def zip_stage(
         raise ValueError("zip strata 'cluster' needs the cluster stage's artifact in its SelectionContext")
     if options.needs_reference_clusters and context.reference_clusters is None:
         raise ValueError("zip quota 'reference' needs the reference set's clusters in its SelectionContext")
+    if options.quota == "mixture" and context.mixture is None:
+        raise ValueError("zip quota 'mixture' needs the fitted mixture search in its SelectionContext")
     inputs = [context.reference_clusters.key] if options.needs_reference_clusters else []
+    inputs += [context.mixture.key] if options.quota == "mixture" else []
     config = cfg.model_dump() | ({} if options.strata == "none" else {"strata": options.strata, "quota": options.quota})
     return build_selection(store, ZIP, pool, clusters, cfg.token_counter, config, inputs, _CODE, select)
 
