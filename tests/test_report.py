@@ -26,10 +26,13 @@ from selectflow.report import (
     BanditRound,
     BandPoint,
     ClusterComposition,
+    Curriculum,
     DomainComposition,
     Estimate,
     FunnelStep,
     HistoryPoint,
+    Mixture,
+    MixtureTrial,
     ProbeDifference,
     ProbeResult,
     Probes,
@@ -58,7 +61,7 @@ SUBSETS = ["zip", "quad", "random", "topk"]
 DOMAINS = ["prose", "dictionary", "licenses", "code", "faq", "manpages"]
 FULL_SECTIONS = ["Run summary", "Stage funnel", "Cluster composition", "Domain composition", "QUAD bandit",
                  "ZIP rounds", "Probe training", "Entropy-law risk"]
-FULL_PLOTS = 8  # funnel, clusters, domains, bandit, zip, probe curves, forest plot, risk
+FULL_PLOTS = 10  # funnel, clusters, domains, bandit, zip, probe curves, forest plot, risk, mixture, curricula
 SEEDS = [0, 1, 2]
 VERDICTS = {
     "zip": "beats random by 0.050 [0.020, 0.080] bpb on the reference held-out set",
@@ -130,6 +133,20 @@ def realistic_report(k: int = 64, n_rounds: int = 20, zip_rounds: int = 10, hist
         zip=zip_,
         probes=probes,
         risk=risk,
+        mixture=Mixture(components=["domain code", "domain prose", "domain qa"], natural=[0.2, 0.5, 0.3],
+                        weights=[0.1, 0.7, 0.2], trials=[MixtureTrial(weights=[0.2, 0.5, 0.3], measured=2.6 + 0.01 * i,
+                                                                      predicted=2.61 + 0.008 * i) for i in range(12)],
+                        spearman_cv=0.83, predicted=2.55, predicted_natural=2.64,
+                        differences={"natural": Estimate(mean=-0.05, low=-0.08, high=-0.02, n=3),
+                                     "uniform": Estimate(mean=-0.02, low=-0.07, high=0.03, n=3)},
+                        verdict="the proposed mixture beats the natural mixture by 0.050 [0.020, 0.080] bpb"),
+        curriculum=Curriculum(subset="zip", curves={order: [BandPoint(step=s, mean=3.0 - s / 600 + shift,
+                                                                      low=2.9 - s / 600 + shift,
+                                                                      high=3.1 - s / 600 + shift, n=3)
+                                                            for s in (0, 128, 256, 384, 512)]
+                                                    for order, shift in (("shuffled", 0.0), ("domain", 0.1))},
+                              vs_shuffled={"domain": Estimate(mean=0.1, low=0.05, high=0.15, n=3)},
+                              verdict="Curricula of zip: no order learns faster than the shuffled one"),
     )
 
 
@@ -230,7 +247,7 @@ def test_full_report_has_every_plot_as_inline_png_and_no_external_reference(full
         assert source.startswith("data:image/png;base64,")
         png = base64.b64decode(source.split(",", 1)[1])
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    for key in ("funnel", "clusters", "domains", "bandit", "zip", "probes", "risk"):
+    for key in ("funnel", "clusters", "domains", "bandit", "zip", "probes", "risk", "mixture", "curriculum"):
         assert "<img" in _section_html(html, key), key
     assert 'class="note"' not in html
     text = re.sub(r'"data:image/png;base64,[A-Za-z0-9+/=]*"', '""', html)
@@ -267,7 +284,7 @@ def test_missing_parts_show_notes_instead_of_plots(partial_html):
 def test_empty_report_renders_notes_everywhere():
     html = render_report(RunReport(run_id="empty"))
     assert "<img" not in html
-    assert html.count('class="note"') == 8  # config summary + 7 sections
+    assert html.count('class="note"') == 10  # config summary + 9 sections
     assert 'class="verdict none"' in html and "not checked" in html
 
 

@@ -37,7 +37,7 @@ def test_unregistered_methods_are_refused_by_name(tmp_path):
     path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nprobe: {enabled: false}\n"
                     "selection: {selectors: [{method: shortest}]}\n")
     with pytest.raises(ConfigError,
-                       match=r"no selector 'shortest' is registered \(known: zip, quad, dsir, random, topk\)"):
+                       match=r"no selector 'shortest' is registered \(known: zip, quad, dsir, mixture, random, topk\)"):
         load_config(path)
     path.write_text("ingest: {inputs: [{path: data.jsonl}]}\nfilters: [{method: min_length}]\n")
     with pytest.raises(ConfigError, match="no filter 'min_length' is registered"):

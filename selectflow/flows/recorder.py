@@ -132,10 +132,7 @@ class RunRecorder:
                                 (MIXTURE_PROBE, search.probes), (MIXTURE_FIT, [search.fit]),
                                 (MIXTURE_VALIDATION, [search.validation])):
                 self.stage(stage, refs)
-            for ref in search.probes:
-                probed = ref.manifest()["stats"]
-                track_probe(self.tracker, f"{probed['name']} seed {probed['seed']}".replace(" ", "_"), ref,
-                            self.config.probe)
+            self._track_named_probes(search.probes)
         self.subsets = selection.subsets
         options = {selector.method: selector for selector in self.config.selection.selectors}
         for stage, ref in selection.subsets.items():
@@ -147,12 +144,16 @@ class RunRecorder:
         """The curriculum probes and their comparison, in the run record and as nested MLflow runs."""
         self.stage(CURRICULUM_PROBE, curricula.probes)
         self.stage(CURRICULUM, [curricula.comparison])
-        for ref in curricula.probes:
+        self._track_named_probes(curricula.probes)
+        self.tracker.stage(CURRICULUM.name, [curricula.comparison], self.config.curriculum.model_dump(),
+                           _numbers(curricula.comparison.manifest()["stats"]["orders"]))
+
+    def _track_named_probes(self, refs: list[ArtifactRef]) -> None:
+        """Nested MLflow runs of probes that are not a subset's (mixture search, curricula), by name and seed."""
+        for ref in refs:
             probed = ref.manifest()["stats"]
             track_probe(self.tracker, f"{probed['name']} seed {probed['seed']}".replace(" ", "_"), ref,
                         self.config.probe)
-        self.tracker.stage(CURRICULUM.name, [curricula.comparison], self.config.curriculum.model_dump(),
-                           _numbers(curricula.comparison.manifest()["stats"]["orders"]))
 
     def probed(self, probes: ProbeRuns) -> None:
         """The probes' artifacts and MLflow runs, their comparison over seeds, and the risk check when enabled."""

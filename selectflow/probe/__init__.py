@@ -1,13 +1,25 @@
-"""Probe training: a short run of a small causal LM on a subset, at an equal token budget for every subset."""
+"""Probe training: a short run of a small causal LM on a subset, at an equal token budget for every subset.
 
-from selectflow.probe.data import TrainBlocks, budget_blocks, pack_eval, pack_train, sample_to_tokens
-from selectflow.probe.metrics import learning_speed, prequential_bits_per_byte, speed_level, steps_to_level
-from selectflow.probe.model import build_model, resolve_device, tiny_llama
-from selectflow.probe.tokenizer import ProbeTokenizer, load_tokenizer
-from selectflow.probe.train import ProbeRun, learning_rate, train_probe
+The names below are imported from their modules on first use (PEP 562), not when the package is: a stage that
+imports only the statistics (`compare`) or the curricula does not import the training loop, so its code
+fingerprint does not change when the training loop does."""
 
-__all__ = [
-    "ProbeRun", "ProbeTokenizer", "TrainBlocks", "budget_blocks", "build_model", "learning_rate", "learning_speed",
-    "load_tokenizer", "pack_eval", "pack_train", "prequential_bits_per_byte", "resolve_device", "sample_to_tokens",
-    "speed_level", "steps_to_level", "tiny_llama", "train_probe",
-]
+from importlib import import_module
+
+_HOMES = {
+    "TrainBlocks": "data", "budget_blocks": "data", "pack_eval": "data", "pack_train": "data",
+    "sample_to_tokens": "data",
+    "learning_speed": "metrics", "prequential_bits_per_byte": "metrics", "speed_level": "metrics",
+    "steps_to_level": "metrics",
+    "build_model": "model", "resolve_device": "model", "tiny_llama": "model",
+    "ProbeTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "ProbeRun": "train", "learning_rate": "train", "train_probe": "train",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)

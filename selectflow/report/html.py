@@ -339,7 +339,7 @@ def _mixture_section(report: RunReport) -> str:
     rows = [(name, f"{natural:.3f}", f"{weight:.3f}")
             for name, natural, weight in zip(mixture.components, mixture.natural, mixture.weights)]
     plot = _figure_html(lambda: plots.mixture_figure(mixture), "Mixture weights, fit and validation")
-    return _section("mixture", _facts(facts) + note + _note(mixture.verdict) + plot +
+    return _section("mixture", _facts(facts) + note + f"<p>{escape(mixture.verdict)}</p>" + plot +
                     _table(["component", "natural", "proposed"], rows))
 
 
@@ -348,7 +348,7 @@ def _curriculum_section(report: RunReport) -> str:
     if curriculum is None:
         return _section("curriculum", _note("No curriculum comparison in this run (curriculum.enabled: false)."))
     plot = _figure_html(lambda: plots.curriculum_figure(curriculum), "Held-out curves per order")
-    return _section("curriculum", _note(curriculum.verdict) + plot)
+    return _section("curriculum", f"<p>{escape(curriculum.verdict)}</p>" + plot)
 
 
 def _interval(value: Estimate | None, digits: int = 3) -> _Figures:
