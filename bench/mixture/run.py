@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,24 +45,29 @@ from selectflow.store import ArtifactStore  # noqa: E402
 HELDOUT_SEED = 7919  # proposals use seed 0 (the option's default); held-out mixtures never share their draws
 
 
-def heldout_mixtures(store: ArtifactStore, run, config, options: MixtureSelector, n: int) -> list[dict]:
-    """`n` fresh mixtures around the same natural proportions, sampled and probed like the proposals."""
+def heldout_mixtures(store: ArtifactStore, run, config, options: MixtureSelector, n: int, jobs: int) -> list[dict]:
+    """`n` fresh mixtures around the same natural proportions, sampled and probed like the proposals (`jobs`
+    processes side by side, one torch thread each)."""
     planned = run.refs(MIXTURE_PLAN.name)[0].manifest()["stats"]
     weights = propose_mixtures(np.asarray(planned["natural"]), n, options.concentration, options.floor, HELDOUT_SEED)
     pool = run.refs("deduped")
     clusters = run.refs("cluster")[0] if options.components == "cluster" else SelectionContext(
         run.refs("cluster")[0] if run.refs("cluster") else None).semdedup()
-    reference, unseen = run.refs("reference_set"), run.refs("unseen_set")
-    out = []
-    for index, mixture in enumerate(weights):
-        label = f"held-out mixture {index}"
-        sample = mixture_sample_stage(store, pool, clusters, mixture.tolist(), HELDOUT_SEED + index, label, options)
-        probed = probe_stage(store, label, [sample], reference, unseen or None, config.probe, config.probe.seed,
-                             options.probe_tokens, stage="mixture_probe")
-        out.append({"weights": mixture.tolist(), **{k: v for k, v in probed.manifest()["stats"].items()
-                                                    if k.endswith("_bpb")}})
-        print(f"  {label}: {options.target} {out[-1][f'{options.target}_bpb']:.4f} bpb", flush=True)
-    return out
+    calls = [(store, pool, clusters, run.refs("reference_set"), run.refs("unseen_set"), config.probe, options,
+              mixture.tolist(), index) for index, mixture in enumerate(weights)]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return list(executor.map(_probe_heldout, calls))
+
+
+def _probe_heldout(call) -> dict:
+    store, pool, clusters, reference, unseen, probe, options, weights, index = call
+    label = f"held-out mixture {index}"
+    sample = mixture_sample_stage(store, pool, clusters, weights, HELDOUT_SEED + index, label, options)
+    probed = probe_stage(store, label, [sample], reference, unseen or None, probe, probe.seed, options.probe_tokens,
+                         stage="mixture_probe")
+    result = {"weights": weights, **{k: v for k, v in probed.manifest()["stats"].items() if k.endswith("_bpb")}}
+    print(f"  {label}: {options.target} {result[f'{options.target}_bpb']:.4f} bpb", flush=True)
+    return result
 
 
 def bootstrap_spearman(predicted: np.ndarray, measured: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
@@ -81,13 +88,15 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4_400_000, help="selection budget in UTF-8 bytes")
     parser.add_argument("--mixtures", type=int, default=16)
     parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--probe-tokens", type=int, default=262_144, help="bytes per mixture probe")
+    parser.add_argument("--jobs", type=int, default=2, help="held-out probes side by side")
     parser.add_argument("--components", default="domain", choices=["domain", "cluster"])
     parser.add_argument("--orders", default="[domain, easy_to_hard]")
     parser.add_argument("--label")
     args = parser.parse_args()
     config_path, overrides = pipeline(args.corpus, args.root)
-    selectors = (f"[{{method: mixture, components: {args.components}, mixtures: {args.mixtures}}}, "
-                 "{method: random}]")
+    selectors = (f"[{{method: mixture, components: {args.components}, mixtures: {args.mixtures}, "
+                 f"probe_tokens: {args.probe_tokens}}}, {{method: random}}]")
     overrides += [f"selection.budget={args.budget}", "selection.budget_unit=tokens", "selection.token_counter=bytes",
                   f"selection.selectors={selectors}", "probe.enabled=true", "curriculum.enabled=true",
                   "curriculum.subset=mixture", f"curriculum.orders={args.orders}"]
@@ -101,7 +110,7 @@ def main() -> None:
     key = f"{options.target}_bpb"
     model = MixtureRegression(options.regression, options.seed).fit(np.asarray(table["weights"]),
                                                                     np.asarray(table[key]))
-    held = heldout_mixtures(store, run, config, options, args.heldout)
+    held = heldout_mixtures(store, run, config, options, args.heldout, args.jobs)
     predicted = model.predict(np.asarray([h["weights"] for h in held]))
     measured = np.asarray([h[key] for h in held])
     result = {"corpus": args.corpus, "components": fit["components"], "natural": fit["natural"],
