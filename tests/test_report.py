@@ -60,7 +60,7 @@ from selectflow.report.plots import (
 SUBSETS = ["zip", "quad", "random", "topk"]
 DOMAINS = ["prose", "dictionary", "licenses", "code", "faq", "manpages"]
 FULL_SECTIONS = ["Run summary", "Stage funnel", "Cluster composition", "Domain composition", "QUAD bandit",
-                 "ZIP rounds", "Probe training", "Entropy-law risk"]
+                 "ZIP rounds", "Probe training", "Entropy-law risk", "Mixture search", "Curricula"]
 FULL_PLOTS = 10  # funnel, clusters, domains, bandit, zip, probe curves, forest plot, risk, mixture, curricula
 SEEDS = [0, 1, 2]
 VERDICTS = {
@@ -649,5 +649,6 @@ def test_reports_render_in_headless_chromium(browser_binary, full_html, partial_
     assert len(partial_facts["images"]) == 4
     assert all(image["complete"] and image["w"] > 0 for image in partial_facts["images"])
     assert partial_facts["verdict"] == "insufficient history"
-    assert sorted(partial_facts["notes"]) == ["bandit", "clusters", "domains", "probes", "risk"]
+    assert sorted(partial_facts["notes"]) == ["bandit", "clusters", "curriculum", "domains", "mixture", "probes",
+                                              "risk"]
     assert seconds < 30, f"the browser check took {seconds:.1f} s"

@@ -10,11 +10,12 @@ from selectflow.store import ArtifactRef, ArtifactStore
 
 def test_the_registry_declares_the_dag_in_order():
     assert [s.name for s in stages(Kind.FILTER)] == ["dedup_exact", "dedup_near", "cluster"]
-    assert [s.subset for s in stages(Kind.SELECTOR)] == ["zip", "quad", "dsir"]
+    assert [s.subset for s in stages(Kind.SELECTOR)] == ["zip", "quad", "dsir", "mixture"]
     assert [s.subset for s in stages(Kind.BASELINE)] == ["random", "topk"]
     rows = [s.name for s in stages() if s.row]
     assert rows == ["ingest", "dedup_exact", "dedup_near", "cluster", "influence_reference", "select_zip",
-                    "select_quad", "select_dsir", "select_random", "select_topk", "probe"]
+                    "select_quad", "select_dsir", "select_mixture", "select_random", "select_topk", "probe",
+                    "curriculum"]
     assert stage_of_name("dedup_near").work_of == ("minhash",)
 
 
