@@ -20,8 +20,8 @@ _CODE = code_fingerprint(__name__)
 def curriculum_stage(store: ArtifactStore, subset: str, probes: dict[str, dict[int, ArtifactRef]], confidence: float,
                      speed_fraction: float) -> ArtifactRef:
     """Table "orders" (order, seed, area under the reference curve, final reference bpb, steps to the seed's shared
-    level) and stats: per order the mean of each with its interval, its paired differences from the shuffled order,
-    and the verdict."""
+    level) and stats: per order the mean area and final bpb with their intervals, the steps to the level per seed,
+    the paired differences from the shuffled order, and the verdict."""
 
     def write(writer: ArtifactWriter) -> None:
         curves = {order: {seed: ref.read("curve").to_pylist() for seed, ref in by_seed.items()}
@@ -42,6 +42,7 @@ def curriculum_stage(store: ArtifactStore, subset: str, probes: dict[str, dict[i
         for order in curves:
             summary[order] = {metric: asdict(t_interval([value[(order, s)][metric] for s in seeds], confidence))
                               for metric in ("area_bpb", "final_bpb")}
+            summary[order]["steps_to_level"] = [value[(order, s)]["steps_to_level"] for s in seeds]  # None: not reached
             if order != BASELINE_ORDER:
                 summary[order]["vs_shuffled"] = {metric: asdict(t_interval(
                     [value[(order, s)][metric] - value[(BASELINE_ORDER, s)][metric] for s in seeds], confidence))
