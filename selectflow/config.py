@@ -450,8 +450,8 @@ class MixtureSelector(SelectorOptions):
         "reference", description="The held-out set whose bits per byte the mixture minimizes ('unseen' needs "
         "probe.unseen).")
     regression: Literal["linear", "boosting"] = Field(
-        "linear", description="'linear': ridge on the weights and their logs (RegMix ranks mixtures well with it); "
-        "'boosting': gradient-boosted trees (needs more mixtures).")
+        "linear", description="'linear': ridge on the weights and their logs; 'boosting': gradient-boosted trees "
+        "(needs more mixtures). bench/mixture measures how well either ranks mixtures it has not seen.")
     candidates: int = Field(100_000, ge=100, description="Mixtures scored by the fit when searching for the best.")
     top: int = Field(100, ge=1, description="The best-predicted candidates averaged into the result.")
     seed: int = Field(0, description="Seed of the proposals, the probes' samples and the final resample.")
@@ -777,7 +777,8 @@ class CurateConfig(_Strict):
                 "reference: probes report held-out loss on the reference (target) set, and none is given; add "
                 "`reference: [{path: ...}]` or set probe.enabled: false"
             )
-        if any(s.needs_mixture and s.target == "unseen" for s in self.selection.selectors) and not self.probe.unseen:
+        search = self.selection.mixture_search
+        if search is not None and search.target == "unseen" and not self.probe.unseen:
             raise ValueError("selection.selectors: mixture target 'unseen' minimizes bits per byte on probe.unseen, "
                              "and none is given; add probe.unseen: [{path: ...}] or use target: reference")
         if self.curriculum.enabled and self.selecting:
@@ -812,7 +813,7 @@ class CurateConfig(_Strict):
 
     @property
     def needs_mixture(self) -> bool:
-        return any(selector.needs_mixture for selector in self.selection.selectors)
+        return self.selection.mixture_search is not None
 
 
 def _registered(items, options_of, where: str):

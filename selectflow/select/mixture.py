@@ -5,7 +5,7 @@
 2. Each proposal is probed: a small byte-level model trains on a sample of the pool resampled to those weights
    (`resample`) and is evaluated on held-out sets (done by the stages, not here).
 3. `MixtureRegression` maps weights to held-out bits per byte: ridge regression on the weights and their logs
-   ('linear', RegMix's finding that a linear fit ranks mixtures well), or gradient-boosted trees ('boosting').
+   ('linear'), or gradient-boosted trees ('boosting').
    `cross_validated` predicts each mixture from a fit on the others: its Spearman with the measured bpb says
    whether the regression can rank mixtures it has not seen.
 4. `best_mixture` scores many candidate mixtures with the fit and averages the best ones (RegMix's top-k
