@@ -232,8 +232,7 @@ def _mixture(run: RunRecord) -> Mixture | None:
     return Mixture(components=fit["components"], natural=fit["natural"], weights=fit["weights"], target=fit["target"],
                    trials=trials, spearman_cv=fit["spearman_cv"], predicted=fit["predicted_bpb"],
                    predicted_natural=fit["predicted_natural_bpb"], preferred=fit["preferred"],
-                   differences={name.removeprefix("proposed - "): Estimate(**{k: d[key][k] for k in ("mean", "low",
-                                                                                                    "high", "n")})
+                   differences={name.removeprefix("proposed - "): _stored_estimate(d[key])
                                 for name, d in checked.get("differences", {}).items()},
                    verdict=checked.get("verdict", ""))
 
@@ -249,10 +248,14 @@ def _curriculum(run: RunRecord) -> Curriculum | None:
         series[ref.manifest()["stats"]["order"]].append((curve["step"], curve["reference_bpb"]))
     return Curriculum(subset=stats["subset"],
                       curves={order: _band(curves, stats["confidence"]) for order, curves in series.items()},
-                      vs_shuffled={order: Estimate(**{k: d["vs_shuffled"]["area_bpb"][k] for k in ("mean", "low",
-                                                                                                   "high", "n")})
+                      vs_shuffled={order: _stored_estimate(d["vs_shuffled"]["area_bpb"])
                                    for order, d in stats["orders"].items() if "vs_shuffled" in d},
                       confidence=stats["confidence"], verdict=stats["verdict"])
+
+
+def _stored_estimate(interval: dict) -> Estimate:
+    """An `Interval` as a stage stored it (asdict) as the report's Estimate."""
+    return Estimate(**{key: interval[key] for key in ("mean", "low", "high", "n")})
 
 
 def _finite(value) -> bool:
