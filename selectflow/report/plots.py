@@ -309,15 +309,8 @@ def mixture_figure(mixture: Mixture) -> Figure:
     fit_ax.set_xlabel(f"measured {mixture.target} bpb")
     fit_ax.set_ylabel("predicted from the other mixtures")
     fit_ax.set_title(f"Fit, cross-validated (Spearman {rho})")
-    forest_ax.grid(False)
-    forest_ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
-    forest_ax.axvline(0.0, color="#444444", lw=1)
-    names = list(mixture.differences)
-    for y, name in zip(range(len(names))[::-1], names):
-        _estimate_row(forest_ax, mixture.differences[name], y, SPARE_COLOURS[0])
-    forest_ax.set_yticks(range(len(names))[::-1], [f"- {name}" for name in names])
-    forest_ax.set_ylim(-0.7, max(len(names), 1) - 0.3)
-    forest_ax.margins(x=0.3)
+    _estimate_forest(forest_ax, [(f"- {name}", estimate, SPARE_COLOURS[0])
+                                 for name, estimate in mixture.differences.items()])
     forest_ax.set_xlabel(f"proposed - other, {mixture.target} bpb")
     forest_ax.set_title("Validation (left of 0: proposed better)")
     return fig
@@ -334,27 +327,28 @@ def curriculum_figure(curriculum: Curriculum) -> Figure:
     curve_ax.set_ylabel("reference held-out bits/byte")
     curve_ax.set_title(f"{curriculum.subset}: one budget of documents in each order")
     curve_ax.legend(frameon=False)
-    forest_ax.grid(False)
-    forest_ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
-    forest_ax.axvline(0.0, color="#444444", lw=1)
-    names = list(curriculum.vs_shuffled)
-    for y, name in zip(range(len(names))[::-1], names):
-        _estimate_row(forest_ax, curriculum.vs_shuffled[name], y, SPARE_COLOURS[orders.index(name) % 8]
-                      if name in orders else "#333333")
-    forest_ax.set_yticks(range(len(names))[::-1], names)
-    forest_ax.set_ylim(-0.7, max(len(names), 1) - 0.3)
-    forest_ax.margins(x=0.3)
+    _estimate_forest(forest_ax, [(name, estimate, SPARE_COLOURS[orders.index(name) % 8] if name in orders
+                                  else "#333333") for name, estimate in curriculum.vs_shuffled.items()])
     forest_ax.set_xlabel("area under the curve, order - shuffled (bits/byte)")
     forest_ax.set_title(f"Learning speed vs shuffled ({100 * curriculum.confidence:.0f}% CI; left: faster)")
     return fig
 
 
-def _estimate_row(ax, estimate: Estimate, y: float, colour: str) -> None:
-    """One forest row: the mean, its interval, filled when the interval excludes 0."""
-    decided = estimate.low is not None and (estimate.low > 0 or estimate.high < 0)
-    err = None if estimate.low is None else [[estimate.mean - estimate.low], [estimate.high - estimate.mean]]
-    ax.errorbar([estimate.mean], [y], xerr=err, fmt="o", ms=7, color=colour, capsize=4, lw=1.6,
-                mfc=colour if decided else "white", mew=1.6)
+def _estimate_forest(ax, rows: list[tuple[str, Estimate, str]]) -> None:
+    """A forest of (label, estimate, colour) rows, top to bottom: each mean with its interval, filled when the
+    interval excludes 0."""
+    ax.grid(False)
+    ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+    ax.axvline(0.0, color="#444444", lw=1)
+    ys = list(range(len(rows)))[::-1]
+    for y, (_, estimate, colour) in zip(ys, rows):
+        decided = estimate.low is not None and (estimate.low > 0 or estimate.high < 0)
+        err = None if estimate.low is None else [[estimate.mean - estimate.low], [estimate.high - estimate.mean]]
+        ax.errorbar([estimate.mean], [y], xerr=err, fmt="o", ms=7, color=colour, capsize=4, lw=1.6,
+                    mfc=colour if decided else "white", mew=1.6)
+    ax.set_yticks(ys, [label for label, _, _ in rows])
+    ax.set_ylim(-0.7, max(len(rows), 1) - 0.3)
+    ax.margins(x=0.3)
 
 
 def forest_figure(probes: Probes, subsets: Sequence[str], colours: dict[str, str]) -> Figure | None:
