@@ -449,9 +449,10 @@ class MixtureSelector(SelectorOptions):
     target: Literal["reference", "unseen"] = Field(
         "reference", description="The held-out set whose bits per byte the mixture minimizes ('unseen' needs "
         "probe.unseen).")
-    regression: Literal["linear", "boosting"] = Field(
-        "linear", description="'linear': ridge on the weights and their logs; 'boosting': gradient-boosted trees "
-        "(needs more mixtures). bench/mixture measures how well either ranks mixtures it has not seen.")
+    regression: Literal["linear", "log_linear", "boosting"] = Field(
+        "log_linear", description="'linear': ridge on the weights; 'log_linear': ridge on the weights and their logs; "
+        "'boosting': gradient-boosted trees (needs more mixtures). bench/mixture measures how well each ranks "
+        "mixtures it has not seen.")
     candidates: int = Field(100_000, ge=100, description="Mixtures scored by the fit when searching for the best.")
     top: int = Field(100, ge=1, description="The best-predicted candidates averaged into the result.")
     seed: int = Field(0, description="Seed of the proposals, the probes' samples and the final resample.")

@@ -1,6 +1,8 @@
 """Mixture search: proposals, the regression and its optimum, quotas, and the whole search on a toy corpus whose
 reference set is one of its two domains."""
 
+import typing
+
 import numpy as np
 import pytest
 from conftest import docs_table, sample_records
@@ -8,6 +10,7 @@ from conftest import docs_table, sample_records
 from selectflow.config import MixtureSelector, ProbeConfig, ProbeModelConfig
 from selectflow.select.mixture import (
     MixtureRegression,
+    Regression,
     best_mixture,
     cross_validated,
     propose_mixtures,
@@ -35,20 +38,21 @@ class ConstantLoss(MixtureRegression):
         return np.full(len(np.atleast_2d(weights)), 2.5)
 
 
-def test_a_fit_without_preference_keeps_the_natural_mixture():
+@pytest.mark.parametrize("kind", typing.get_args(Regression))
+def test_a_fit_without_preference_keeps_the_natural_mixture(kind):
     natural = np.array([0.5, 0.3, 0.2])
     weights, preferred = best_mixture(ConstantLoss(), natural, floor=0.0, candidates=1000)
     assert not preferred and np.allclose(weights, natural)
     # a real fit on measurements that do not depend on the weights predicts no difference either
     proposals = propose_mixtures(natural, 12, 1.0, 0.0, seed=0)
-    flat = MixtureRegression("linear").fit(proposals, np.full(12, 3.0))
+    flat = MixtureRegression(kind).fit(proposals, np.full(12, 3.0))
     weights, preferred = best_mixture(flat, natural, floor=0.0, candidates=1000)
     assert not preferred and np.allclose(weights, natural)
-    _, spearman = cross_validated(proposals, np.full(12, 3.0), "linear")
+    _, spearman = cross_validated(proposals, np.full(12, 3.0), kind)
     assert np.isnan(spearman)
 
 
-@pytest.mark.parametrize("kind", ["linear", "boosting"])
+@pytest.mark.parametrize("kind", typing.get_args(Regression))
 def test_the_fit_ranks_unseen_mixtures_and_its_optimum_follows_the_loss(kind):
     rng = np.random.default_rng(0)
     natural = np.array([0.4, 0.4, 0.2])

@@ -9,7 +9,9 @@
 2. `--heldout` more mixtures, drawn like the proposals but with another seed, are sampled and probed exactly like
    the proposals (same stages, same probe budget) and never shown to the fit. The fit (refit here on the run's
    probed mixtures, as the stage does) predicts them: Spearman(predicted, measured) over them is the held-out rank
-   correlation (target >= 0.8), with a bootstrap interval over the held-out mixtures.
+   correlation (target >= 0.8), with a bootstrap interval over the held-out mixtures. Every regression kind is
+   scored the same way on the same probes (`regressions` in the results), so that settings chosen on one corpus
+   can be carried to another.
 3. Reported with it: the cross-validated Spearman of the run, the proposed weights, the validation (proposed vs
    natural and uniform at the search's probe budget, paired seeds), the run's own probes (mixture subset vs random
    at the default budget), and the curricula. Results: `<root>/mixture-<label>.json` and markdown on stdout.
@@ -21,6 +23,7 @@ import argparse
 import json
 import multiprocessing
 import sys
+import typing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from run import ROOT, measure, pipeline, run_pipeline  # noqa: E402  (bench/sele
 from selectflow.cli import _parse_sets  # noqa: E402
 from selectflow.config import MixtureSelector, load_config  # noqa: E402
 from selectflow.runs import load_run  # noqa: E402
-from selectflow.select.mixture import MixtureRegression, propose_mixtures  # noqa: E402
+from selectflow.select.mixture import MixtureRegression, Regression, propose_mixtures  # noqa: E402
 from selectflow.stages.mixture import mixture_sample_stage  # noqa: E402
 from selectflow.stages.probe import probe_stage  # noqa: E402
 from selectflow.stages.registry import CURRICULUM, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_VALIDATION  # noqa: E402
@@ -91,15 +94,19 @@ def main() -> None:
     parser.add_argument("--probe-tokens", type=int, default=262_144, help="bytes per mixture probe")
     parser.add_argument("--jobs", type=int, default=2, help="held-out probes side by side")
     parser.add_argument("--components", default="domain", choices=["domain", "cluster"])
-    parser.add_argument("--orders", default="[domain, easy_to_hard]")
+    parser.add_argument("--regression", choices=typing.get_args(Regression), help="default: the selector's")
+    parser.add_argument("--orders", default="[domain, easy_to_hard]",
+                        help="curricula of the mixture subset; '' for none")
     parser.add_argument("--label")
     args = parser.parse_args()
     config_path, overrides = pipeline(args.corpus, args.root)
+    regression = f", regression: {args.regression}" if args.regression else ""
     selectors = (f"[{{method: mixture, components: {args.components}, mixtures: {args.mixtures}, "
-                 f"probe_tokens: {args.probe_tokens}}}, {{method: random}}]")
+                 f"probe_tokens: {args.probe_tokens}{regression}}}, {{method: random}}]")
     overrides += [f"selection.budget={args.budget}", "selection.budget_unit=tokens", "selection.token_counter=bytes",
-                  f"selection.selectors={selectors}", "probe.enabled=true", "curriculum.enabled=true",
-                  "curriculum.subset=mixture", f"curriculum.orders={args.orders}"]
+                  f"selection.selectors={selectors}", "probe.enabled=true"]
+    if args.orders:
+        overrides += ["curriculum.enabled=true", "curriculum.subset=mixture", f"curriculum.orders={args.orders}"]
     run_pipeline(config_path, args.workspace, overrides)
     store = ArtifactStore(args.workspace / "store")
     run = load_run(store)
@@ -108,18 +115,24 @@ def main() -> None:
     fit_ref = run.refs(MIXTURE_FIT.name)[0]
     fit, table = fit_ref.manifest()["stats"], fit_ref.read("mixtures").to_pydict()
     key = f"{options.target}_bpb"
-    model = MixtureRegression(options.regression, options.seed).fit(np.asarray(table["weights"]),
-                                                                    np.asarray(table[key]))
     held = heldout_mixtures(store, run, config, options, args.heldout, args.jobs)
-    predicted = model.predict(np.asarray([h["weights"] for h in held]))
     measured = np.asarray([h[key] for h in held])
+    regressions = {}
+    for kind in typing.get_args(Regression):
+        model = MixtureRegression(kind, options.seed).fit(np.asarray(table["weights"]), np.asarray(table[key]))
+        guess = model.predict(np.asarray([h["weights"] for h in held]))
+        regressions[kind] = {"spearman_heldout": float(spearmanr(guess, measured)[0]),
+                             "spearman_heldout_ci": bootstrap_spearman(guess, measured), "predicted": guess.tolist()}
+    predicted = np.asarray(regressions[options.regression]["predicted"])
     result = {"corpus": args.corpus, "components": fit["components"], "natural": fit["natural"],
-              "proposed": fit["weights"], "spearman_cv": fit["spearman_cv"],
-              "spearman_heldout": float(spearmanr(predicted, measured)[0]),
-              "spearman_heldout_ci": bootstrap_spearman(predicted, measured),
+              "proposed": fit["weights"], "regression": options.regression, "spearman_cv": fit["spearman_cv"],
+              "spearman_heldout": regressions[options.regression]["spearman_heldout"],
+              "spearman_heldout_ci": regressions[options.regression]["spearman_heldout_ci"],
+              "regressions": regressions,
               "heldout": [h | {"predicted": float(p)} for h, p in zip(held, predicted)],
               "validation": run.refs(MIXTURE_VALIDATION.name)[0].manifest()["stats"],
-              "curriculum": run.refs(CURRICULUM.name)[0].manifest()["stats"], **measure(args.workspace)}
+              "curriculum": run.refs(CURRICULUM.name)[0].manifest()["stats"] if args.orders else None,
+              **measure(args.workspace)}
     out = args.root / f"mixture-{args.label or args.corpus}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
@@ -127,7 +140,10 @@ def main() -> None:
     print(f"held-out Spearman {result['spearman_heldout']:.2f} {result['spearman_heldout_ci']} "
           f"(cross-validated {fit['spearman_cv']}); proposed {proposed}")
     print(result["validation"]["verdict"])
-    print(result["curriculum"]["verdict"])
+    for kind, scored in result["regressions"].items():
+        print(f"  {kind}: held-out Spearman {scored['spearman_heldout']:.2f} {scored['spearman_heldout_ci']}")
+    if result["curriculum"]:
+        print(result["curriculum"]["verdict"])
     print(result["probes"]["recommendation"])
     print(f"results: {out}")
 

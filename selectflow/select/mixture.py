@@ -4,8 +4,8 @@
    (alpha = concentration x K x natural), every weight at least `floor`.
 2. Each proposal is probed: a small byte-level model trains on a sample of the pool resampled to those weights
    (`resample`) and is evaluated on held-out sets (done by the stages, not here).
-3. `MixtureRegression` maps weights to held-out bits per byte: ridge regression on the weights and their logs
-   ('linear'), or gradient-boosted trees ('boosting').
+3. `MixtureRegression` maps weights to held-out bits per byte: ridge regression on the weights ('linear') or on
+   the weights and their logs ('log_linear'), or gradient-boosted trees ('boosting').
    `cross_validated` predicts each mixture from a fit on the others: its Spearman with the measured bpb says
    whether the regression can rank mixtures it has not seen.
 4. `best_mixture` scores many candidate mixtures with the fit and averages the best ones (RegMix's top-k
@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 from selectflow.select.baselines import BudgetUnit, take_budget
 from selectflow.select.strata import stratum_quotas
 
-Regression = Literal["linear", "boosting"]
+Regression = Literal["linear", "log_linear", "boosting"]
 _FLAT = 1e-9  # predictions spread less than this (bits per byte): the fit has no preference
 
 
@@ -52,8 +52,10 @@ def propose_mixtures(natural: np.ndarray, n: int, concentration: float, floor: f
     return with_floor(np.random.default_rng(seed).dirichlet(alpha, size=n), floor)
 
 
-def _features(weights: np.ndarray) -> np.ndarray:
+def _features(weights: np.ndarray, kind: Regression) -> np.ndarray:
     weights = np.atleast_2d(weights)
+    if kind != "log_linear":
+        return weights
     return np.hstack([weights, np.log(np.maximum(weights, 1e-6))])  # logs: diminishing returns of more of a domain
 
 
@@ -70,16 +72,16 @@ class MixtureRegression:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        if self.kind == "linear":
+        if self.kind in ("linear", "log_linear"):
             self.model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
         else:
             self.model = GradientBoostingRegressor(n_estimators=200, max_depth=2, learning_rate=0.05, subsample=0.8,
                                                    random_state=self.seed)
-        self.model.fit(_features(weights), np.asarray(losses, dtype=np.float64))
+        self.model.fit(_features(weights, self.kind), np.asarray(losses, dtype=np.float64))
         return self
 
     def predict(self, weights: np.ndarray) -> np.ndarray:
-        return self.model.predict(_features(weights))
+        return self.model.predict(_features(weights, self.kind))
 
 
 def cross_validated(weights: np.ndarray, losses: np.ndarray, kind: Regression, folds: int = 5,
