@@ -119,7 +119,7 @@ def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
     planned = plan.manifest()["stats"]
     assert planned["components"] == ["domain code", "domain prose"] and len(planned["mixtures"]) == 8
     def probed(label, weights, sample_seed, seed):
-        sample = mixture_sample_stage(store, pool, None, weights, sample_seed, label, options)
+        sample = mixture_sample_stage(store, pool, plan, weights, sample_seed, label, options)
         return probe_stage(store, label, [sample], reference, None, probe, seed, options.probe_tokens,
                            stage=MIXTURE_PROBE.name)
 
@@ -142,3 +142,26 @@ def test_search_moves_weight_toward_the_domain_of_the_reference_set(tmp_path):
     assert held["domain prose"] / sum(held.values()) == pytest.approx(fit["weights"][1], abs=0.03)
     decisions = selected.read("decisions").to_pylist()
     assert all("quota of domain" in row["reason"] for row in decisions) and stats["docs_out"] > 0
+
+
+def test_a_probe_sample_holds_its_quotas_drawn_from_every_pool_shard(tmp_path):
+    from selectflow.stages.mixture import mixture_plan_stage, mixture_sample_stage
+    from selectflow.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    shards = [docs_table(["a" * 99] * 300, ["short"] * 300, "s"), docs_table(["b" * 199] * 300, ["long"] * 300, "l")]
+    pool = [store.build("pool", {"shard": i}, ["toy"], "test", lambda writer, d=d: writer.write("docs", d))
+            for i, d in enumerate(shards)]
+    options = MixtureSelector(mixtures=4, probe_tokens=20_000)
+    plan = mixture_plan_stage(store, pool, None, options)
+    assert plan.read("members").num_rows == 600 and plan.manifest()["stats"]["natural"] == [pytest.approx(2 / 3),
+                                                                                           pytest.approx(1 / 3)]
+    sample = mixture_sample_stage(store, pool, plan, [0.25, 0.75], 3, "mixture x", options)
+    docs, decisions = sample.read("docs"), sample.read("decisions").to_pylist()
+    by_domain = {d: sum(len(t) + 1 for t, k in zip(docs["text"].to_pylist(), docs["domain"].to_pylist()) if k == d)
+                 for d in ("long", "short")}
+    assert by_domain == {"long": 5000, "short": 15000}  # 25 x 200 bytes and 150 x 100: each quota exactly filled
+    assert [row["doc_id"] for row in decisions] == docs["doc_id"].to_pylist()  # only the sampled documents
+    assert all(row["decision"] == "selected" and "in the probe sample of mixture x" in row["reason"]
+               for row in decisions)
+    assert sample.key == mixture_sample_stage(store, pool, plan, [0.25, 0.75], 3, "mixture x", options).key

@@ -42,7 +42,6 @@ from selectflow.select.mixture import MixtureRegression, Regression, propose_mix
 from selectflow.stages.mixture import mixture_sample_stage  # noqa: E402
 from selectflow.stages.probe import probe_stage  # noqa: E402
 from selectflow.stages.registry import CURRICULUM, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_VALIDATION  # noqa: E402
-from selectflow.stages.selection import SelectionContext  # noqa: E402
 from selectflow.store import ArtifactStore  # noqa: E402
 
 HELDOUT_SEED = 7919  # proposals use seed 0 (the option's default); held-out mixtures never share their draws
@@ -51,21 +50,19 @@ HELDOUT_SEED = 7919  # proposals use seed 0 (the option's default); held-out mix
 def heldout_mixtures(store: ArtifactStore, run, config, options: MixtureSelector, n: int, jobs: int) -> list[dict]:
     """`n` fresh mixtures around the same natural proportions, sampled and probed like the proposals (`jobs`
     processes side by side, one torch thread each)."""
-    planned = run.refs(MIXTURE_PLAN.name)[0].manifest()["stats"]
-    weights = propose_mixtures(np.asarray(planned["natural"]), n, options.concentration, options.floor, HELDOUT_SEED)
-    pool = run.refs("deduped")
-    clusters = run.refs("cluster")[0] if options.components == "cluster" else SelectionContext(
-        run.refs("cluster")[0] if run.refs("cluster") else None).semdedup()
-    calls = [(store, pool, clusters, run.refs("reference_set"), run.refs("unseen_set"), config.probe, options,
-              mixture.tolist(), index) for index, mixture in enumerate(weights)]
+    plan = run.refs(MIXTURE_PLAN.name)[0]
+    natural = np.asarray(plan.manifest()["stats"]["natural"])
+    weights = propose_mixtures(natural, n, options.concentration, options.floor, HELDOUT_SEED)
+    calls = [(store, run.refs("deduped"), plan, run.refs("reference_set"), run.refs("unseen_set"), config.probe,
+              options, mixture.tolist(), index) for index, mixture in enumerate(weights)]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
         return list(executor.map(_probe_heldout, calls))
 
 
 def _probe_heldout(call) -> dict:
-    store, pool, clusters, reference, unseen, probe, options, weights, index = call
+    store, pool, plan, reference, unseen, probe, options, weights, index = call
     label = f"held-out mixture {index}"
-    sample = mixture_sample_stage(store, pool, clusters, weights, HELDOUT_SEED + index, label, options)
+    sample = mixture_sample_stage(store, pool, plan, weights, HELDOUT_SEED + index, label, options)
     probed = probe_stage(store, label, [sample], reference, unseen or None, probe, probe.seed, options.probe_tokens,
                          stage="mixture_probe")
     result = {"weights": weights, **{k: v for k, v in probed.manifest()["stats"].items() if k.endswith("_bpb")}}

@@ -43,7 +43,7 @@ def search_mixture(workspace: str, pool: list[ArtifactRef], clusters: ArtifactRe
     planned = plan.manifest()["stats"]
     proposals = [(f"mixture {index}", weights, options.seed + index, probe.seed)
                  for index, weights in enumerate(planned["mixtures"])]
-    samples, probes = _probed(workspace, pool, clusters, reference, unseen, options, probe, proposals,
+    samples, probes = _probed(workspace, pool, plan, reference, unseen, options, probe, proposals,
                               "mixture proposals")
     (fit,) = run_stages(mixture_fit_stage, "mixture-fit", workspace,
                         [{"plan": plan, "probes": probes, "options": options}], "mixture fit")
@@ -51,7 +51,7 @@ def search_mixture(workspace: str, pool: list[ArtifactRef], clusters: ArtifactRe
     compared = {"proposed": fit.manifest()["stats"]["weights"], "natural": planned["natural"], "uniform": [1 / k] * k}
     checks = [(f"{name} mixture", weights, options.seed + VALIDATION_SEED + seed, seed)
               for name, weights in compared.items() for seed in probe.replicate_seeds]
-    checked_samples, checked = _probed(workspace, pool, clusters, reference, unseen, options, probe, checks,
+    checked_samples, checked = _probed(workspace, pool, plan, reference, unseen, options, probe, checks,
                                        "mixture validation")
     by_name = {name: {} for name in compared}
     for (label, _, _, seed), ref in zip(checks, checked):
@@ -61,10 +61,10 @@ def search_mixture(workspace: str, pool: list[ArtifactRef], clusters: ArtifactRe
     return MixtureSearch(plan, samples + checked_samples, probes + checked, fit, validation)
 
 
-def _probed(workspace, pool, clusters, reference, unseen, options, probe, runs, progress):
+def _probed(workspace, pool, plan, reference, unseen, options, probe, runs, progress):
     """For each (label, weights, sample seed, probe seed): the pool resampled to the weights and its probe."""
     samples = run_stages(mixture_sample_stage, "mixture-sample", workspace,
-                         [{"pool": pool, "clusters": clusters, "weights": weights, "seed": sample_seed,
+                         [{"pool": pool, "plan": plan, "weights": weights, "seed": sample_seed,
                            "label": label, "options": options} for label, weights, sample_seed, _ in runs],
                          f"{progress}: samples", label=lambda call: f"sample of {call['label']}")
     probes = run_stages(probe_stage, "mixture-probe", workspace,

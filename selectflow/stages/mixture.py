@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from selectflow.config import Budget, MixtureSelector
 from selectflow.fingerprint import code_fingerprint
@@ -56,7 +57,8 @@ def pool_view(context: SelectionContext, options: MixtureSelector) -> ArtifactRe
 
 def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: ArtifactRef | None,
                        options: MixtureSelector) -> ArtifactRef:
-    """The components, their natural proportions (by bytes) and the proposed mixtures (stats)."""
+    """The components, their natural proportions (by bytes) and the proposed mixtures (stats); table "members":
+    each pool document's component and packed bytes, which the probe samples are drawn from."""
 
     def write(writer: ArtifactWriter) -> None:
         data = read_pool(pool, clusters)
@@ -67,6 +69,8 @@ def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: 
         sizes = packed_bytes(data.docs)
         natural = natural_weights(components, sizes, len(names))
         proposals = propose_mixtures(natural, options.mixtures, options.concentration, options.floor, options.seed)
+        writer.write("members", pa.table({"doc_id": data.docs["doc_id"], "component": pa.array(components, pa.int32()),
+                                          "bytes": pa.array(sizes, pa.int64())}))
         writer.stats(components=names, natural=natural.tolist(), mixtures=proposals.tolist(),
                      held_bytes=np.bincount(components, weights=sizes).astype(int).tolist())
 
@@ -74,23 +78,35 @@ def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: 
     return store.build(MIXTURE_PLAN.name, options.model_dump(include=_SEARCH_FIELDS), keys, _CODE, write)
 
 
-def mixture_sample_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: ArtifactRef | None,
-                         weights: list[float], seed: int, label: str, options: MixtureSelector) -> ArtifactRef:
-    """A probe's sample of the pool resampled to `weights` (seeded), just covering `probe_tokens` bytes."""
+def mixture_sample_stage(store: ArtifactStore, pool: list[ArtifactRef], plan: ArtifactRef, weights: list[float],
+                         seed: int, label: str, options: MixtureSelector) -> ArtifactRef:
+    """A probe's sample of the pool resampled to `weights` (seeded), just covering `probe_tokens` bytes. Drawn from
+    the plan's members; only the sampled documents are read, and only they get a decision (the quota they fill)."""
 
     def write(writer: ArtifactWriter) -> None:
-        data = read_pool(pool, clusters)
-        names, components = components_of(data, options.components)
-        order, quotas = resample(components, packed_bytes(data.docs), np.asarray(weights), options.probe_tokens,
+        members = plan.read("members")
+        names = plan.manifest()["stats"]["components"]
+        components = members["component"].to_numpy().astype(np.int64)
+        order, quotas = resample(components, members["bytes"].to_numpy(), np.asarray(weights), options.probe_tokens,
                                  "tokens", seed)
-        decisions = _quota_decisions(MIXTURE_SAMPLE.name, data, names, components, order, np.asarray(weights),
-                                     quotas, f"the probe sample of {label}")
-        write_decisions(writer, decisions, data.docs.take(pa.array(order, pa.int64())), label=label, weights=weights)
+        doc_ids = members["doc_id"].take(pa.array(order, pa.int64()))
+        decisions = Decisions(MIXTURE_SAMPLE.name)
+        for doc_id, c in zip(doc_ids.to_pylist(), components[order].tolist()):
+            decisions.add(doc_id, "selected", f"selected: fills the quota of {_quota(names, weights, quotas, c)} in "
+                          f"the probe sample of {label}", group=names[c])
+        write_decisions(writer, decisions, _docs_in_order(pool, doc_ids), label=label, weights=weights,
+                        quotas=dict(zip(names, quotas.tolist())))
 
-    config = {"weights": weights, "seed": seed, "label": label, "components": options.components,
-              "probe_tokens": options.probe_tokens}
-    keys = [ref.key for ref in pool] + ([clusters.key] if clusters else [])
-    return store.build(MIXTURE_SAMPLE.name, config, keys, _CODE, write)
+    config = {"weights": weights, "seed": seed, "label": label, "probe_tokens": options.probe_tokens}
+    return store.build(MIXTURE_SAMPLE.name, config, [ref.key for ref in pool] + [plan.key], _CODE, write)
+
+
+def _docs_in_order(pool: list[ArtifactRef], doc_ids: pa.Array) -> pa.Table:
+    """The pool documents with these ids, in this order."""
+    found = pa.concat_tables([docs.filter(pc.is_in(docs["doc_id"], value_set=doc_ids))
+                              for docs in (ref.read("docs") for ref in pool)])
+    row_of = {doc_id: row for row, doc_id in enumerate(found["doc_id"].to_pylist())}
+    return found.take(pa.array([row_of[doc_id] for doc_id in doc_ids.to_pylist()], pa.int64()))
 
 
 def mixture_fit_stage(store: ArtifactStore, plan: ArtifactRef, probes: list[ArtifactRef],
@@ -203,6 +219,10 @@ def select_mixture_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: 
                            {**budget.budget_fields(), **options.model_dump()}, [context.mixture.key], _CODE, select)
 
 
+def _quota(names: list[str], weights, quotas: np.ndarray, c: int) -> str:
+    return f"{names[c]} (weight {weights[c]:.3f}, quota {quotas[c]})"
+
+
 def _quota_decisions(stage: str, data: Pool, names: list[str], components: np.ndarray, order: np.ndarray,
                      weights: np.ndarray, quotas: np.ndarray, what: str) -> Decisions:
     drawn = np.full(data.docs.num_rows, -1)
@@ -210,7 +230,7 @@ def _quota_decisions(stage: str, data: Pool, names: list[str], components: np.nd
     decisions = Decisions(stage)
     for index, doc_id in enumerate(data.docs["doc_id"].to_pylist()):
         c = components[index]
-        quota = f"{names[c]} (weight {weights[c]:.3f}, quota {quotas[c]})"
+        quota = _quota(names, weights, quotas, c)
         if drawn[index] >= 0:
             decisions.add(doc_id, "selected", f"selected: fills the quota of {quota} in {what}", group=names[c])
         else:
