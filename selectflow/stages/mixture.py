@@ -81,7 +81,8 @@ def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: 
 def mixture_sample_stage(store: ArtifactStore, pool: list[ArtifactRef], plan: ArtifactRef, weights: list[float],
                          seed: int, label: str, options: MixtureSelector) -> ArtifactRef:
     """A probe's sample of the pool resampled to `weights` (seeded), just covering `probe_tokens` bytes. Drawn from
-    the plan's members; only the sampled documents are read, and only they get a decision (the quota they fill)."""
+    the plan's members (the pool's shards are only filtered to the sampled ids); only the sampled documents get a
+    decision (the quota they fill)."""
 
     def write(writer: ArtifactWriter) -> None:
         members = plan.read("members")
