@@ -13,8 +13,8 @@ licences, ShareGPT Q&A; ~17k records, kept as original records), shuffled with s
   the fast run's own trajectory, which the compare part shows to be the naive one's), divided by the 2 processes.
 - zstd:    the same pool/budget in zstd mode; whole-subset ratios (zstd-19 long window, zlib-9 on texts joined by a
   blank line) of exact, zstd and 5 random subsets of the same size.
-- naive:   the paper part's pool, budget and K with the naive reference run to the END (2 processes, ~47 min on 2
-  idle cores), and selectflow's exact mode on the same pool, alternately timed; ids compared.
+- naive:   the paper part's pool, budget and K with the naive reference run to the END (2 processes, 44 min on 2
+  idle cores), with selectflow's exact mode on the same pool before and after it; ids compared.
 - scale:   `--pool N --budget B --mode M` (default 1,000,000 / 100,000 / exact), the paper's K, 2 worker threads and
   the stage's checkpointing, on the dedup benchmark's corpus of N documents (`bench/dedup/build_corpus.py`: real
   Debian text, ~30% near and exact copies; no records, so exact mode scores repr({"text": ...})). Wall and CPU
