@@ -182,3 +182,33 @@ def test_cluster_binds_the_configured_host(prefect_harness, processes):
     cfg = DaskConfig(n_workers=2, threads_per_worker=1, processes=processes, host="127.0.0.2")
     with dask_runner(cfg) as runner:
         assert_cluster_on("127.0.0.2", family_listeners(), cluster_ports(runner.address))
+
+
+@task
+def on_a_dask_worker() -> bool:
+    from distributed import get_worker
+
+    try:
+        return get_worker() is not None
+    except ValueError:  # not on a worker: a thread of the flow's own process
+        return False
+
+
+@flow
+def nested() -> bool:
+    return on_a_dask_worker.submit().result()
+
+
+@flow
+def outer() -> tuple[bool, bool]:
+    from selectflow.tasks.common import on_this_flows_runner
+
+    return nested(), on_this_flows_runner(nested)()
+
+
+@watchdog(180)
+def test_a_nested_flow_runs_its_tasks_where_its_caller_does(prefect_harness):
+    # The mixture search is such a flow, inside the select flow: its probes must run on the workers.
+    with dask_runner(DaskConfig(n_workers=1, threads_per_worker=1, processes=False)) as runner:
+        plain, inherited = outer.with_options(task_runner=runner)()
+    assert (plain, inherited) == (False, True)

@@ -15,6 +15,15 @@ STORE_CACHED = {"cache_policy": NO_CACHE, "persist_result": False}
 FLOW_OPTIONS = {"persist_result": False, "result_serializer": "json"}
 
 
+def on_this_flows_runner(subflow):
+    """`subflow` set to run its tasks where the calling flow runs its own. A flow called inside another gets Prefect's
+    default thread pool otherwise, in the calling process, however the caller's tasks are run (Dask workers)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return subflow if context is None else subflow.with_options(task_runner=context.task_runner)
+
+
 @contextlib.contextmanager
 def dask_client():
     """The cluster's client when running on a Dask worker (DaskTaskRunner), else None (thread pool, tests).
