@@ -60,10 +60,25 @@ def test_the_fit_ranks_unseen_mixtures_and_its_optimum_follows_the_loss(kind):
     losses = 3.0 - 1.5 * proposals[:, 2] + 0.4 * proposals[:, 0] + rng.normal(0, 0.01, 40)  # more of 2 helps
     predicted, spearman = cross_validated(proposals, losses, kind)
     assert spearman > 0.8 and predicted.shape == (40,)
-    weights, preferred = best_mixture(MixtureRegression(kind).fit(proposals, losses), natural, 0.02,
+    weights, preferred = best_mixture(MixtureRegression(kind).fit(proposals, losses), natural, 0.02, 1.0,
                                       candidates=20_000)
     assert preferred and np.isclose(weights.sum(), 1.0) and weights.min() >= 0.02 - 1e-12
     assert weights[2] > 0.5 > natural[2] and weights[2] == weights.max()
+
+
+class FavoursLast(MixtureRegression):
+    """A stub fit whose loss falls linearly with the last component's weight (its optimum: a corner)."""
+
+    def predict(self, weights):
+        return 3.0 - np.atleast_2d(weights)[:, -1]
+
+
+def test_the_optimum_stays_where_the_proposals_were_drawn():
+    natural = np.array([0.6, 0.3, 0.1])
+    tight = best_mixture(FavoursLast(), natural, 0.02, concentration=50.0, candidates=5000)[0]
+    loose = best_mixture(FavoursLast(), natural, 0.02, concentration=0.5, candidates=5000)[0]
+    spread = propose_mixtures(natural, 5000, 50.0, 0.02, seed=0)[:, 2]
+    assert natural[2] < tight[2] <= spread.max() < 0.35 < loose[2]  # tight proposals: no jump to the corner
 
 
 def test_resample_fills_each_component_to_its_quota():

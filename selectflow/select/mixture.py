@@ -8,9 +8,9 @@
    the weights and their logs ('log_linear'), or gradient-boosted trees ('boosting').
    `cross_validated` predicts each mixture from a fit on the others: its Spearman with the measured bpb says
    whether the regression can rank mixtures it has not seen.
-4. `best_mixture` scores many candidate mixtures with the fit and averages the best ones (RegMix's top-k
-   average, which stays inside the floors). A fit that predicts the same loss everywhere has no preference: the
-   natural proportions are kept.
+4. `best_mixture` scores many candidate mixtures, drawn like the proposals, with the fit and averages the best
+   ones (RegMix's top-k average, which stays inside the floors and where the fit has seen mixtures). A fit that
+   predicts the same loss everywhere has no preference: the natural proportions are kept.
 """
 
 from __future__ import annotations
@@ -100,16 +100,16 @@ def cross_validated(weights: np.ndarray, losses: np.ndarray, kind: Regression, f
     return predicted, float(spearmanr(predicted, losses)[0])
 
 
-def best_mixture(model: MixtureRegression, natural: np.ndarray, floor: float, candidates: int = 100_000,
-                 top: int = 100, seed: int = 0) -> tuple[np.ndarray, bool]:
+def best_mixture(model: MixtureRegression, natural: np.ndarray, floor: float, concentration: float = 1.0,
+                 candidates: int = 100_000, top: int = 100, seed: int = 0) -> tuple[np.ndarray, bool]:
     """The mean of the `top` candidate mixtures with the lowest predicted loss, and whether the fit preferred any
-    (False: every candidate was predicted the same, and the natural proportions, floored, are returned). Candidates:
-    half drawn flat over the simplex, half around the natural proportions."""
-    rng = np.random.default_rng(seed)
-    k = len(natural)
-    flat = rng.dirichlet(np.ones(k), size=candidates // 2)
-    near = rng.dirichlet(k * np.maximum(natural, 1e-3), size=candidates - candidates // 2)
-    pool = with_floor(np.vstack([flat, near]), floor)
+    (False: every candidate was predicted the same, and the natural proportions, floored, are returned).
+
+    Candidates are drawn like the proposals (`propose_mixtures`: the same Dirichlet around the natural proportions),
+    as RegMix does: the fit is only trusted where it has seen mixtures. Drawn flat over the simplex instead, the
+    optimum of a linear fit sits in a corner no probe has visited (on the sample: licences 0.04 -> 0.55, which
+    measured worse than the natural mixture)."""
+    pool = propose_mixtures(natural, candidates, concentration, floor, seed)
     predicted = model.predict(pool)
     if np.ptp(predicted) < _FLAT:
         return with_floor(natural, floor), False

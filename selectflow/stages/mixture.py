@@ -118,7 +118,7 @@ def mixture_fit_stage(store: ArtifactStore, plan: ArtifactRef, probes: list[Arti
     its cross-validated prediction. Stats: components, natural, weights (the result), preferred (False: the fit
     predicts no difference and the natural proportions are kept), predicted bpb of the result and of the natural
     mixture, spearman_cv (predicted vs measured on mixtures left out of the fit)."""
-    fitted = {"target", "regression", "candidates", "top", "floor", "seed"}
+    fitted = {"target", "regression", "candidates", "top", "floor", "concentration", "seed"}
 
     def write(writer: ArtifactWriter) -> None:
         planned = plan.manifest()["stats"]
@@ -132,7 +132,8 @@ def mixture_fit_stage(store: ArtifactStore, plan: ArtifactRef, probes: list[Arti
         predicted, spearman = cross_validated(weights, losses, options.regression, seed=options.seed)
         model = MixtureRegression(options.regression, options.seed).fit(weights, losses)
         natural = np.asarray(planned["natural"])
-        best, preferred = best_mixture(model, natural, options.floor, options.candidates, options.top, options.seed)
+        best, preferred = best_mixture(model, natural, options.floor, options.concentration, options.candidates,
+                                       options.top, options.seed)
         columns = {"mixture": list(range(len(weights))), "weights": weights.tolist(), "predicted_cv": predicted}
         for name in ("reference_bpb", "unseen_bpb", "prequential_bpb"):
             if all(name in s for s in stats):
