@@ -439,9 +439,11 @@ class MixtureSelector(SelectorOptions):
     method: Literal["mixture"] = "mixture"
     components: Literal["domain", "cluster"] = Field(
         "domain", description="What is mixed: the ingest `domain` labels, or the clusters.")
-    mixtures: int = Field(16, ge=4, description="Mixtures probed (one small probe each) to fit the regression.")
+    mixtures: int = Field(
+        24, ge=4, description="Mixtures probed (one probe each) to fit the regression; a few per component at least.")
     probe_tokens: int = Field(
-        262_144, ge=4096, description="Bytes each mixture's probe trains on (one epoch of a fresh sample).")
+        1_048_576, ge=4096, description="Bytes each mixture's probe trains on (one epoch of a fresh sample). At 256 "
+        "KiB, seed noise hid the differences between mixtures on the sample (bench/RESULTS.md).")
     concentration: float = Field(
         1.0, gt=0.0, description="Dirichlet concentration of the proposals around the natural proportions (alpha = "
         "concentration x components x natural share): lower spreads them further.")
