@@ -41,12 +41,12 @@ class ConstantLoss(MixtureRegression):
 @pytest.mark.parametrize("kind", typing.get_args(Regression))
 def test_a_fit_without_preference_keeps_the_natural_mixture(kind):
     natural = np.array([0.5, 0.3, 0.2])
-    weights, preferred = best_mixture(ConstantLoss(), natural, floor=0.0, candidates=1000)
+    proposals = propose_mixtures(natural, 12, 1.0, 0.0, seed=0)
+    weights, preferred = best_mixture(ConstantLoss(), natural, 0.0, proposals, candidates=1000)
     assert not preferred and np.allclose(weights, natural)
     # a real fit on measurements that do not depend on the weights predicts no difference either
-    proposals = propose_mixtures(natural, 12, 1.0, 0.0, seed=0)
     flat = MixtureRegression(kind).fit(proposals, np.full(12, 3.0))
-    weights, preferred = best_mixture(flat, natural, floor=0.0, candidates=1000)
+    weights, preferred = best_mixture(flat, natural, 0.0, proposals, candidates=1000)
     assert not preferred and np.allclose(weights, natural)
     _, spearman = cross_validated(proposals, np.full(12, 3.0), kind)
     assert np.isnan(spearman)
@@ -60,7 +60,7 @@ def test_the_fit_ranks_unseen_mixtures_and_its_optimum_follows_the_loss(kind):
     losses = 3.0 - 1.5 * proposals[:, 2] + 0.4 * proposals[:, 0] + rng.normal(0, 0.01, 40)  # more of 2 helps
     predicted, spearman = cross_validated(proposals, losses, kind)
     assert spearman > 0.8 and predicted.shape == (40,)
-    weights, preferred = best_mixture(MixtureRegression(kind).fit(proposals, losses), natural, 0.02, 1.0,
+    weights, preferred = best_mixture(MixtureRegression(kind).fit(proposals, losses), natural, 0.02, proposals,
                                       candidates=20_000)
     assert preferred and np.isclose(weights.sum(), 1.0) and weights.min() >= 0.02 - 1e-12
     assert weights[2] > 0.5 > natural[2] and weights[2] == weights.max()
@@ -73,12 +73,14 @@ class FavoursLast(MixtureRegression):
         return 3.0 - np.atleast_2d(weights)[:, -1]
 
 
-def test_the_optimum_stays_where_the_proposals_were_drawn():
+def test_the_optimum_stays_inside_the_range_the_probes_covered():
     natural = np.array([0.6, 0.3, 0.1])
-    tight = best_mixture(FavoursLast(), natural, 0.02, concentration=50.0, candidates=5000)[0]
-    loose = best_mixture(FavoursLast(), natural, 0.02, concentration=0.5, candidates=5000)[0]
-    spread = propose_mixtures(natural, 5000, 50.0, 0.02, seed=0)[:, 2]
-    assert natural[2] < tight[2] <= spread.max() < 0.35 < loose[2]  # tight proposals: no jump to the corner
+    probed = propose_mixtures(natural, 24, 1.0, 0.02, seed=0)
+    weights, preferred = best_mixture(FavoursLast(), natural, 0.02, probed, candidates=20_000)
+    assert preferred and natural[2] < weights[2] <= probed[:, 2].max()  # toward the favoured corner, not into it
+    assert np.all(weights >= probed.min(axis=0) - 1e-12) and np.all(weights <= probed.max(axis=0) + 1e-12)
+    unbounded = best_mixture(FavoursLast(), natural, 0.02, np.array([[0.0] * 3, [1.0] * 3]), candidates=20_000)[0]
+    assert unbounded[2] > probed[:, 2].max()  # the fit alone would leave the probed range
 
 
 def test_resample_fills_each_component_to_its_quota():

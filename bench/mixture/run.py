@@ -70,6 +70,18 @@ def _probe_heldout(call) -> dict:
     return result
 
 
+def score_regressions(table: dict, key: str, held: list[dict], seed: int) -> dict:
+    """Every regression kind fitted on the run's probed mixtures, and its Spearman on the held-out ones."""
+    measured = np.asarray([h[key] for h in held])
+    scored = {}
+    for kind in typing.get_args(Regression):
+        model = MixtureRegression(kind, seed).fit(np.asarray(table["weights"]), np.asarray(table[key]))
+        guess = model.predict(np.asarray([h["weights"] for h in held]))
+        scored[kind] = {"spearman_heldout": float(spearmanr(guess, measured)[0]),
+                        "spearman_heldout_ci": bootstrap_spearman(guess, measured), "predicted": guess.tolist()}
+    return scored
+
+
 def bootstrap_spearman(predicted: np.ndarray, measured: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     values = []
@@ -87,7 +99,7 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--budget", type=int, default=4_400_000, help="selection budget in UTF-8 bytes")
     parser.add_argument("--mixtures", type=int, default=16)
-    parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--heldout", type=int, default=12, help="0: none (they do not depend on the optimum)")
     parser.add_argument("--probe-tokens", type=int, default=262_144, help="bytes per mixture probe")
     parser.add_argument("--jobs", type=int, default=2, help="held-out probes side by side")
     parser.add_argument("--components", default="domain", choices=["domain", "cluster"])
@@ -112,21 +124,14 @@ def main() -> None:
     fit_ref = run.refs(MIXTURE_FIT.name)[0]
     fit, table = fit_ref.manifest()["stats"], fit_ref.read("mixtures").to_pydict()
     key = f"{options.target}_bpb"
-    held = heldout_mixtures(store, run, config, options, args.heldout, args.jobs)
-    measured = np.asarray([h[key] for h in held])
-    regressions = {}
-    for kind in typing.get_args(Regression):
-        model = MixtureRegression(kind, options.seed).fit(np.asarray(table["weights"]), np.asarray(table[key]))
-        guess = model.predict(np.asarray([h["weights"] for h in held]))
-        regressions[kind] = {"spearman_heldout": float(spearmanr(guess, measured)[0]),
-                             "spearman_heldout_ci": bootstrap_spearman(guess, measured), "predicted": guess.tolist()}
-    predicted = np.asarray(regressions[options.regression]["predicted"])
+    held = heldout_mixtures(store, run, config, options, args.heldout, args.jobs) if args.heldout else []
+    regressions = score_regressions(table, key, held, options.seed) if held else {}
+    scored = regressions.get(options.regression, {})
     result = {"corpus": args.corpus, "components": fit["components"], "natural": fit["natural"],
               "proposed": fit["weights"], "regression": options.regression, "spearman_cv": fit["spearman_cv"],
-              "spearman_heldout": regressions[options.regression]["spearman_heldout"],
-              "spearman_heldout_ci": regressions[options.regression]["spearman_heldout_ci"],
-              "regressions": regressions,
-              "heldout": [h | {"predicted": float(p)} for h, p in zip(held, predicted)],
+              "spearman_heldout": scored.get("spearman_heldout"),
+              "spearman_heldout_ci": scored.get("spearman_heldout_ci"), "regressions": regressions,
+              "heldout": [h | {"predicted": p} for h, p in zip(held, scored.get("predicted", []))],
               "validation": run.refs(MIXTURE_VALIDATION.name)[0].manifest()["stats"],
               "curriculum": run.refs(CURRICULUM.name)[0].manifest()["stats"] if args.orders else None,
               **measure(args.workspace)}
@@ -134,10 +139,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     proposed = dict(zip(fit["components"], np.round(fit["weights"], 3).tolist()))
-    print(f"held-out Spearman {result['spearman_heldout']:.2f} {result['spearman_heldout_ci']} "
-          f"(cross-validated {fit['spearman_cv']}); proposed {proposed}")
+    print(f"proposed {proposed} (cross-validated Spearman {fit['spearman_cv']})")
     print(result["validation"]["verdict"])
-    for kind, scored in result["regressions"].items():
+    for kind, scored in regressions.items():
         print(f"  {kind}: held-out Spearman {scored['spearman_heldout']:.2f} {scored['spearman_heldout_ci']}")
     if result["curriculum"]:
         print(result["curriculum"]["verdict"])

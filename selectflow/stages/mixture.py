@@ -132,8 +132,8 @@ def mixture_fit_stage(store: ArtifactStore, plan: ArtifactRef, probes: list[Arti
         predicted, spearman = cross_validated(weights, losses, options.regression, seed=options.seed)
         model = MixtureRegression(options.regression, options.seed).fit(weights, losses)
         natural = np.asarray(planned["natural"])
-        best, preferred = best_mixture(model, natural, options.floor, options.concentration, options.candidates,
-                                       options.top, options.seed)
+        best, preferred = best_mixture(model, natural, options.floor, weights, options.concentration,
+                                       options.candidates, options.top, options.seed)
         columns = {"mixture": list(range(len(weights))), "weights": weights.tolist(), "predicted_cv": predicted}
         for name in ("reference_bpb", "unseen_bpb", "prequential_bpb"):
             if all(name in s for s in stats):
