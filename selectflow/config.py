@@ -456,8 +456,8 @@ class MixtureSelector(SelectorOptions):
         "'boosting': gradient-boosted trees (needs more mixtures). bench/mixture measures how well each ranks "
         "mixtures it has not seen.")
     candidates: int = Field(
-        100_000, ge=100, description="Mixtures scored by the fit when searching for the best: drawn like the proposals, "
-        "kept inside the range of weights the probed mixtures covered.")
+        100_000, ge=100, description="Mixtures scored by the fit when searching for the best: drawn like the "
+        "proposals, kept inside the range of weights the probed mixtures covered.")
     top: int = Field(100, ge=1, description="The best-predicted candidates averaged into the result.")
     seed: int = Field(0, description="Seed of the proposals, the probes' samples and the final resample.")
     needs_reference: ClassVar[bool] = True
