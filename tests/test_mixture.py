@@ -81,6 +81,9 @@ def test_the_optimum_stays_inside_the_range_the_probes_covered():
     assert np.all(weights >= probed.min(axis=0) - 1e-12) and np.all(weights <= probed.max(axis=0) + 1e-12)
     unbounded = best_mixture(FavoursLast(), natural, 0.02, np.array([[0.0] * 3, [1.0] * 3]), candidates=20_000)[0]
     assert unbounded[2] > probed[:, 2].max()  # the fit alone would leave the probed range
+    narrow = np.array([[0.6, 0.3, 0.1], [0.58, 0.3, 0.12]])  # hardly any candidate falls inside: the probed count
+    weights, preferred = best_mixture(FavoursLast(), natural, 0.02, narrow, candidates=1000, top=1)
+    assert preferred and np.allclose(weights, narrow[1])
 
 
 def test_resample_fills_each_component_to_its_quota():

@@ -113,7 +113,7 @@ def best_mixture(model: MixtureRegression, natural: np.ndarray, floor: float, pr
     probed = np.atleast_2d(probed)
     pool = propose_mixtures(natural, candidates, concentration, floor, seed)
     inside = np.all((pool >= probed.min(axis=0)) & (pool <= probed.max(axis=0)), axis=1)
-    pool = pool[inside] if inside.sum() >= top else probed  # too few inside: choose among the probed themselves
+    pool = pool[inside] if inside.sum() >= top else np.vstack([pool[inside], probed])  # the probed are inside
     predicted = model.predict(pool)
     if np.ptp(predicted) < _FLAT:
         return with_floor(natural, floor), False
