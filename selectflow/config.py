@@ -207,20 +207,38 @@ class ZipConfig(ZipOptions, Budget):
     overrides token_counter)."""
 
 
-class ZipSelector(ZipOptions, SelectorOptions):
-    method: Literal["zip"] = "zip"
+class Stratified(_Strict):
+    """Beyond the papers: a selector run inside a quota of the budget per stratum (cluster or ingest domain), so that
+    "least redundant", "most influential" or "most like the reference" cannot collapse the subset onto a few of
+    them (`selectflow.stages.strata`)."""
+
     strata: Literal["none", "cluster", "domain"] = Field(
         "none",
-        description="Beyond the paper: run ZIP inside a quota of the budget per cluster or per ingest domain, so that "
-        "the least redundant subset keeps the pool's mix instead of collapsing onto a few domains. 'none': one ZIP "
-        "over the whole pool (the paper).",
+        description="Run the selector inside a quota of the budget per cluster or per ingest domain, so that the "
+        "subset keeps a chosen mix instead of collapsing onto a few domains. 'none': one selection over the whole "
+        "pool (the paper).",
     )
     quota: Literal["pool", "uniform", "reference", "mixture"] = Field(
         "pool", description="strata: each stratum's quota is its share of the pool ('pool'), an equal share "
         "('uniform'), with strata 'cluster' its share of the reference set's documents, each assigned to its "
         "nearest pool cluster ('reference'), or its weight in the mixture the mixture selector of the same run found "
-        "('mixture': ZIP inside the probed mixture; strata must be the mixture's components); never more than it "
-        "holds.")
+        "('mixture': the selector inside the probed mixture; strata must be the mixture's components); never more "
+        "than it holds.")
+
+    @property
+    def needs_reference_clusters(self) -> bool:
+        return self.quota == "reference" and self.strata == "cluster"
+
+    @model_validator(mode="after")
+    def _reference_quota_by_cluster(self) -> Stratified:
+        if self.quota == "reference" and self.strata != "cluster":
+            raise ValueError(f"{getattr(self, 'method', 'selector')} quota 'reference' needs strata 'cluster' (the "
+                             "reference set is assigned to the pool's clusters)")
+        return self
+
+
+class ZipSelector(ZipOptions, Stratified, SelectorOptions):
+    method: Literal["zip"] = "zip"
 
     def config(self, budget: Budget) -> ZipConfig:
         return ZipConfig(**self.model_dump(exclude={"method", "strata", "quota"}), **budget.budget_fields())
@@ -229,17 +247,6 @@ class ZipSelector(ZipOptions, SelectorOptions):
         if budget.budget_unit == "tokens":
             return budget
         return budget.model_copy(update={"budget": math.ceil(budget.budget / self.k3) * self.k3})  # whole rounds
-
-    @property
-    def needs_reference_clusters(self) -> bool:
-        return self.quota == "reference" and self.strata == "cluster"
-
-    @model_validator(mode="after")
-    def _reference_quota_by_cluster(self) -> ZipSelector:
-        if self.quota == "reference" and self.strata != "cluster":
-            raise ValueError("zip quota 'reference' needs strata 'cluster' (the reference set is assigned to the "
-                             "pool's clusters)")
-        return self
 
     def check_budget(self, budget: Budget) -> None:
         if self.strata != "none" and budget.budget_unit != "tokens":
@@ -378,12 +385,20 @@ class QuadConfig(QuadOptions, Budget):
     """QUAD's settings with its budget: what `selectflow.select.quad.quad_select` takes."""
 
 
-class QuadSelector(QuadOptions, SelectorOptions):
+class QuadSelector(QuadOptions, Stratified, SelectorOptions):
     method: Literal["quad"] = "quad"
+    strata: Literal["none", "domain"] = Field(
+        "none", description="Run QUAD inside a quota of the budget per ingest domain (its bandit over the clusters "
+        "of each domain's documents), so that influence cannot collapse the subset onto a few domains. 'none': one "
+        "bandit over the whole pool (the paper). Strata by cluster would leave each bandit one arm.")
+    quota: Literal["pool", "uniform", "mixture"] = Field(
+        "pool", description="strata: each domain's quota is its share of the pool ('pool'), an equal share "
+        "('uniform') or its weight in the mixture the mixture selector of the same run found ('mixture'); never more "
+        "than it holds. Each domain's threshold, when unset, is calibrated on its own documents.")
     needs_influence: ClassVar[bool] = True
 
     def config(self, budget: Budget) -> QuadConfig:
-        return QuadConfig(**self.model_dump(exclude={"method"}), **budget.budget_fields())
+        return QuadConfig(**self.model_dump(exclude={"method", "strata", "quota"}), **budget.budget_fields())
 
 
 class RandomSelector(SelectorOptions):
@@ -410,7 +425,7 @@ class NgramFeatures(_Strict):
     max_n: int = Field(2, ge=1, le=5, description="Word n-grams of orders 1..max_n (DSIR: unigrams and bigrams).")
 
 
-class DsirSelector(SelectorOptions):
+class DsirSelector(Stratified, SelectorOptions):
     """DSIR: importance resampling toward the reference set. Each document is weighted by how much likelier a bag of
     hashed n-grams fit on the reference set makes it than one fit on the pool; the subset is a weighted sample
     without replacement. Cheap (no model) and per document."""

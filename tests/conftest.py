@@ -138,3 +138,9 @@ def tiny_lm(tmp_path_factory) -> Path:
     """A fast influence model and probe tokenizer for flow tests (SmolLM2's 49k-token vocabulary makes even a tiny
     model's output layer the whole cost)."""
     return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+def fitted_mixture(store, weights: dict[str, float]):
+    """A stand-in for the mixture search's fit: its components and weights, what quota 'mixture' reads."""
+    return store.build("mixture_fit", weights, ["toy"], "test",
+                       lambda w: w.stats(components=sorted(weights), weights=[weights[c] for c in sorted(weights)]))

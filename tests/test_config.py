@@ -32,6 +32,13 @@ def test_mixture_and_curriculum_settings_are_checked(tmp_path):
                     "\n")
     with pytest.raises(ConfigError, match="add {method: mixture, components: domain}"):
         load_config(path)
+    for method in ("dsir", "quad"):  # inside the mixture's quotas too, when the run searches a mixture
+        selectors = f"{{method: {method}, strata: domain, quota: mixture}}"
+        path.write_text(base + f"selection: {{selectors: [{selectors}]}}\n")
+        with pytest.raises(ConfigError, match=f"{method} quota 'mixture' takes its quotas from the mixture selector"):
+            load_config(path)
+        path.write_text(base + f"selection: {{selectors: [{selectors}, {{method: mixture}}]}}\n")
+        assert load_config(path).selection.selectors[0].quota == "mixture"
     path.write_text(base + "curriculum: {orders: [alphabetical]}\n")
     with pytest.raises(ConfigError, match="curriculum.orders"):
         load_config(path)

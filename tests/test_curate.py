@@ -185,8 +185,8 @@ def test_zip_inside_the_reference_sets_cluster_mix(prefect_harness, tmp_path, sm
 
 def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_corpus):
     """The mixture selector in a run: its proposals sampled and probed on the workers, the fit, the subset resampled
-    to the fitted cluster weights, every stage in the run record and each mixture probe in MLflow; then the
-    mixture subset trained in the curricula requested."""
+    to the fitted cluster weights, ZIP and DSIR inside those weights' quotas, every stage in the run record and each
+    mixture probe in MLflow; then the mixture subset trained in the curricula requested."""
     from selectflow.flows.curate import curate
 
     config = load_config(write_config(
@@ -198,6 +198,7 @@ def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_
             {"method": "mixture", "components": "cluster", "mixtures": 4, "probe_tokens": 8192, "candidates": 500,
              "top": 10},
             {"method": "zip", "k1": 100, "k2": 10, "k3": 5, "strata": "cluster", "quota": "mixture"},
+            {"method": "dsir", "features": {"buckets": 1024}, "strata": "cluster", "quota": "mixture"},
             {"method": "random"}]},
         curriculum={"enabled": True, "orders": ["domain", "easy_to_hard"]}))
     summary = curate(config)
@@ -219,6 +220,11 @@ def test_mixture_search_and_curricula_in_a_run(prefect_harness, tmp_path, small_
     expected = stratum_quotas((np.array([strata[n]["held"] for n in names]) * 5 / 10).astype(np.int64), 40000,
                               "reference", np.array([weight[n] for n in names]))
     assert [strata[n]["quota"] for n in names] == expected.tolist()
+    strata = run.refs("select_dsir")[0].manifest()["stats"]["strata"]  # DSIR inside it, which can take all it holds
+    expected = stratum_quotas(np.array([strata[n]["held"] for n in names]), 40000, "reference",
+                              np.array([weight[n] for n in names]))
+    assert [strata[n]["quota"] for n in names] == expected.tolist()
+    assert all(strata[n]["tokens"] >= strata[n]["quota"] for n in names)
     import mlflow
 
     client = mlflow.MlflowClient(config.tracking.tracking_uri)

@@ -200,15 +200,17 @@ def nested() -> bool:
 
 
 @flow
-def outer() -> tuple[bool, bool]:
+def outer() -> tuple[bool, bool, bool]:
     from selectflow.tasks.common import on_this_flows_runner
 
-    return nested(), on_this_flows_runner(nested)()
+    # The caller's own task first: its runner then holds live futures, which a nested flow must not be handed.
+    return on_a_dask_worker.submit().result(), nested(), on_this_flows_runner(nested)()
 
 
 @watchdog(180)
 def test_a_nested_flow_runs_its_tasks_where_its_caller_does(prefect_harness):
-    # The mixture search is such a flow, inside the select flow: its probes must run on the workers.
+    # The mixture search is such a flow, inside the select flow (after the influence fit or the n-gram counts): its
+    # probes must run on the workers.
     with dask_runner(DaskConfig(n_workers=1, threads_per_worker=1, processes=False)) as runner:
-        plain, inherited = outer.with_options(task_runner=runner)()
-    assert (plain, inherited) == (False, True)
+        caller, plain, inherited = outer.with_options(task_runner=runner)()
+    assert (caller, plain, inherited) == (True, False, True)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import docs_table
+from conftest import docs_table, fitted_mixture
 
 from selectflow.config import Budget, DsirSelector, NgramFeatures
 from selectflow.select.dsir import importance_resample, log_importance, log_probabilities, ngram_counts
@@ -96,3 +96,38 @@ def test_stages_select_the_reference_domain_with_a_weight_per_document(tmp_path)
     assert summed.key != ref.key and set(summed.read("docs")["domain"].to_pylist()) == {"kernel"}
     with pytest.raises(ValueError, match="needs the n-gram counts"):
         select_dsir_stage(store, pool, Budget(budget=50), options, SelectionContext())
+
+
+def test_stages_resample_inside_each_domains_quota(tmp_path):
+    """Inside quotas DSIR cannot take only the reference's domain: each domain gets its quota (here its weight in
+    the fitted mixture, or an equal share), filled with the documents most like the reference."""
+    store = ArtifactStore(tmp_path)
+    kitchen, kernel = texts_of(KITCHEN, 120, 0), texts_of(KERNEL, 120, 1)
+    # a few kitchen documents that talk about kernels: inside the kitchen quota, the reference prefers them
+    kitchen[:10] = [text + " " + " ".join(KERNEL * 3) for text in kitchen[:10]]
+    pool = [store.build("pool", {}, ["toy"], "test", lambda w: w.write("docs", docs_table(
+        kitchen + kernel, ["kitchen"] * 120 + ["kernel"] * 120, "a")))]
+    reference = store.build("reference", {}, ["toy"], "test",
+                            lambda w: w.write("docs", docs_table(texts_of(KERNEL, 30, 2), ["kernel"] * 30, "r")))
+    features = NgramFeatures(buckets=2048)
+    context = SelectionContext(ngrams=[ngram_features_stage(store, pool[0], features)],
+                               reference_ngrams=[ngram_features_stage(store, reference, features)],
+                               mixture=fitted_mixture(store, {"domain kernel": 0.3, "domain kitchen": 0.7}))
+    options = DsirSelector(features=features, strata="domain", quota="mixture")
+    ref = select_dsir_stage(store, pool, Budget(budget=40), options, context)
+    picked = ref.read("docs")
+    assert picked["domain"].to_pylist().count("kitchen") == 28 and picked.num_rows == 40
+    assert set(picked["doc_id"].to_pylist()) >= {f"a{i:04d}" for i in range(10)}  # the kernel-like kitchen ones
+    strata = ref.manifest()["stats"]["strata"]
+    assert {name: (s["quota"], s["held"], s["selected"]) for name, s in strata.items()} == {
+        "domain kernel": (12, 120, 12), "domain kitchen": (28, 120, 28)}
+    decisions = ref.read("decisions").to_pylist()
+    assert len(decisions) == 240 and {d["group"] for d in decisions} == set(strata)
+    assert all(d["reason"].startswith(f"{d['group']} (quota {strata[d['group']]['quota']} of its 120 documents): ")
+               for d in decisions)
+    uniform = select_dsir_stage(store, pool, Budget(budget=40), options.model_copy(update={"quota": "uniform"}),
+                                context)
+    assert uniform.key != ref.key and uniform.read("docs")["domain"].to_pylist().count("kitchen") == 20
+    with pytest.raises(ValueError, match="dsir quota 'mixture' needs the fitted mixture search"):
+        select_dsir_stage(store, pool, Budget(budget=40), options, SelectionContext(
+            ngrams=context.ngrams, reference_ngrams=context.reference_ngrams))

@@ -386,3 +386,55 @@ def test_stages_quad_random_topk(clustered_pool, monkeypatch):
     sampled = sampled_ref.read("decisions").to_pylist()
     assert sampled_ref.manifest()["stats"]["scored_docs"] == 100 == sum(d["score"] is not None for d in sampled)
     assert sum(d["decision"] == "selected" for d in sampled) == 40
+
+
+class NoisyTopicScorer(TopicScorer):
+    """TopicScorer plus a fixed per-text noise: inside one topic some documents (and pulls) beat its mean."""
+
+    def score(self, texts):
+        import zlib
+
+        noise = np.array([zlib.crc32(t.encode()) / 2**32 - 0.5 for t in texts]) * 0.01
+        return super().score(texts) + noise
+
+
+def test_stages_quad_inside_each_domains_quota(clustered_pool, monkeypatch):
+    """QUAD inside the fitted mixture's domain quotas: each domain gets its quota, its own calibrated threshold (QUAD
+    picks the best of each, instead of only the good topic), one bandit per domain, rounds in one sequence."""
+    from conftest import fitted_mixture
+
+    from selectflow.config import Budget, InfluenceConfig, QuadSelector
+    from selectflow.stages import select_quad as stages
+    from selectflow.stages.selection import SelectionContext
+    from selectflow.store import ArtifactRef
+
+    store, pool, cluster_ref, _ = clustered_pool
+    scorer = NoisyTopicScorer()
+    monkeypatch.setattr(stages, "_load_scorer", lambda ref, cfg: scorer)
+    weights = {f"domain {topic}": 0.1 for topic in TOPICS} | {f"domain {GOOD_TOPIC}": 0.7}
+    context = SelectionContext(cluster_ref, ArtifactRef("influence_reference", "fake", str(store.root / "nowhere")),
+                               InfluenceConfig(), mixture=fitted_mixture(store, weights))
+    quad = QuadSelector(block_size=5, pulls_per_round=2, samples_per_pull=3, strata="domain", quota="mixture")
+    ref = stages.select_quad_stage(store, pool, Budget(budget=40), quad, context)
+
+    stats = ref.manifest()["stats"]
+    strata = stats["strata"]
+    assert {name: s["quota"] for name, s in strata.items()} == {name: 28 if GOOD_TOPIC in name else 4
+                                                                  for name in weights}
+    assert all(s["selected"] == s["quota"] for s in strata.values()) and stats["docs_out"] == 40
+    picked = ref.read("docs")["domain"].to_pylist()
+    assert {topic: picked.count(topic) for topic in TOPICS} == {t: 28 if t == GOOD_TOPIC else 4 for t in TOPICS}
+    # one calibration per domain, on its own documents: the good topic's threshold is its own mean
+    thresholds = {name: s["selector"]["threshold"] for name, s in strata.items()}
+    assert thresholds[f"domain {GOOD_TOPIC}"] > 0.01 > max(t for n, t in thresholds.items() if GOOD_TOPIC not in n)
+    assert stats["calibration_docs"] == 4 * 32 and stats["calibration_docs"] + stats["scored_docs"] == scorer.scored
+    decisions = ref.read("decisions").to_pylist()
+    assert len(decisions) == 240 and {d["group"] for d in decisions} == set(weights)
+    assert all(d["reason"].startswith(f"{d['group']} (quota {strata[d['group']]['quota']} of its 60 documents): ")
+               for d in decisions)
+    assert ref.read("quad_decisions").num_rows == 240
+    rounds = json.loads((Path(ref.path) / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == list(range(1, stats["rounds"] + 1))
+    assert {r["stratum"] for r in rounds} == set(weights)
+    with pytest.raises(ValueError, match="'none' or 'domain'"):
+        QuadSelector(strata="cluster")

@@ -26,22 +26,11 @@ from selectflow.stages.base import Decisions, write_decisions
 from selectflow.stages.pool import Pool, read_pool
 from selectflow.stages.registry import MIXTURE, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_SAMPLE, MIXTURE_VALIDATION
 from selectflow.stages.selection import Selection, SelectionContext, build_selection
+from selectflow.stages.strata import strata_of
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
 _SEARCH_FIELDS = {"components", "mixtures", "concentration", "floor", "seed"}  # what the plan depends on
-
-
-def components_of(data: Pool, by: str) -> tuple[list[str], np.ndarray]:
-    """The component names (sorted) and each pool document's component index."""
-    if by == "cluster":
-        if len(data.clusters) and (data.clusters < 0).all():
-            raise ValueError("mixture components 'cluster' need the cluster stage's artifact")
-        labels = [f"cluster {c}" for c in data.clusters.tolist()]
-    else:
-        labels = [f"domain {d}" if d is not None else "domain (none)" for d in data.docs["domain"].to_pylist()]
-    names, index = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
-    return [str(name) for name in names], index.astype(np.int64)
 
 
 def packed_bytes(docs: pa.Table) -> np.ndarray:
@@ -62,7 +51,7 @@ def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: 
 
     def write(writer: ArtifactWriter) -> None:
         data = read_pool(pool, clusters)
-        names, components = components_of(data, options.components)
+        names, components = strata_of(data, options.components)
         if len(names) < 2:
             raise ValueError(f"mixture: the pool has {len(names)} {options.components} component(s); mixing needs at "
                              "least 2 (label domains at ingest, or use components: cluster)")
@@ -203,7 +192,7 @@ def select_mixture_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: 
     weights = np.asarray(fit["weights"])
 
     def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
-        names, components = components_of(data, options.components)
+        names, components = strata_of(data, options.components)
         if names != fit["components"]:
             raise ValueError(f"mixture: the pool's components {names} differ from the fitted {fit['components']}")
         order, quotas = resample(components, lengths if budget.budget_unit == "tokens" else None, weights,

@@ -22,6 +22,7 @@ from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
 from selectflow.stages.registry import DSIR, NGRAMS
 from selectflow.stages.selection import Selection, SelectionContext, build_selection
+from selectflow.stages.strata import select_in_strata, strata_inputs, strata_view
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -61,7 +62,8 @@ def read_ngrams(refs: list[ArtifactRef], buckets: int) -> tuple[list[str], sp.cs
 
 def select_dsir_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Budget, options: DsirSelector,
                       context: SelectionContext) -> ArtifactRef:
-    """The pool resampled toward the reference set by DSIR importance weights, under the budget."""
+    """The pool resampled toward the reference set by DSIR importance weights, under the budget; with
+    `options.strata`, resampled inside each stratum's quota of the budget."""
     if context.ngrams is None or context.reference_ngrams is None:
         raise ValueError("selector 'dsir' needs the n-gram counts of the pool and of the reference set in its "
                          "SelectionContext (ngrams, reference_ngrams)")
@@ -78,25 +80,40 @@ def select_dsir_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Bud
         weights = log_importance(counts, target, raw)
         if options.length == "normalized":
             weights = length_normalized(weights, counts)
-        chosen = importance_resample(weights, lengths if budget.budget_unit == "tokens" else None, budget.budget,
-                                     budget.budget_unit, options.seed)
-        by_weight = np.empty(len(weights), np.int64)
-        by_weight[np.argsort(-weights, kind="stable")] = np.arange(len(weights))
-        drawn = np.full(len(weights), -1)
-        drawn[chosen] = np.arange(len(chosen))
-        decisions = Decisions(DSIR.name)
-        for index, doc_id in enumerate(doc_ids):
-            weight = f"log importance weight {weights[index]:+.2f} (rank {by_weight[index] + 1} of {len(weights)})"
-            if drawn[index] >= 0:
-                decisions.add(doc_id, "selected", f"selected: {weight}, drawn #{drawn[index] + 1} of {len(chosen)} "
-                              f"by importance resampling (seed {options.seed})", score=float(weights[index]))
-            else:
-                decisions.add(doc_id, "rejected", f"not selected: {weight}, not drawn by importance resampling "
-                              f"(seed {options.seed})", score=float(weights[index]))
-        return Selection(chosen, decisions, {"reference_ngrams": int(reference_counts.sum()),
-                                             "mean_log_weight_selected": float(weights[chosen].mean()),
-                                             "mean_log_weight_pool": float(weights.mean())})
+        tokens = lengths if budget.budget_unit == "tokens" else None
+        if options.strata == "none":
+            selection = _resampled(doc_ids, weights, tokens, budget.budget, budget.budget_unit, options.seed)
+        else:
+            def dsir_in(index: int, rows: np.ndarray, quota: int) -> Selection:
+                return _resampled([doc_ids[i] for i in rows.tolist()], weights[rows],
+                                  None if tokens is None else tokens[rows], quota, budget.budget_unit, options.seed)
 
-    inputs = [ref.key for ref in [*context.ngrams, *context.reference_ngrams]]
-    return build_selection(store, DSIR, pool, context.semdedup(), budget.token_counter,
+            selection = select_in_strata(DSIR.name, data, lengths, budget, options, context, dsir_in)
+        selection.stats |= {"reference_ngrams": int(reference_counts.sum()),
+                            "mean_log_weight_selected": float(weights[np.asarray(selection.order, np.int64)].mean()),
+                            "mean_log_weight_pool": float(weights.mean())}
+        return selection
+
+    inputs = [ref.key for ref in [*context.ngrams, *context.reference_ngrams]] + strata_inputs(options, context, "dsir")
+    return build_selection(store, DSIR, pool, strata_view(options, context), budget.token_counter,
                            {**budget.budget_fields(), **options.model_dump()}, inputs, _CODE, select)
+
+
+def _resampled(doc_ids: list[str], weights: np.ndarray, lengths: np.ndarray | None, budget: int, unit: str,
+               seed: int) -> Selection:
+    """These documents importance-resampled by their log weights under the budget, a reason for each."""
+    chosen = importance_resample(weights, lengths, budget, unit, seed)
+    by_weight = np.empty(len(weights), np.int64)
+    by_weight[np.argsort(-weights, kind="stable")] = np.arange(len(weights))
+    drawn = np.full(len(weights), -1)
+    drawn[chosen] = np.arange(len(chosen))
+    decisions = Decisions(DSIR.name)
+    for index, doc_id in enumerate(doc_ids):
+        weight = f"log importance weight {weights[index]:+.2f} (rank {by_weight[index] + 1} of {len(weights)})"
+        if drawn[index] >= 0:
+            decisions.add(doc_id, "selected", f"selected: {weight}, drawn #{drawn[index] + 1} of {len(chosen)} "
+                          f"by importance resampling (seed {seed})", score=float(weights[index]))
+        else:
+            decisions.add(doc_id, "rejected", f"not selected: {weight}, not drawn by importance resampling "
+                          f"(seed {seed})", score=float(weights[index]))
+    return Selection(chosen, decisions)

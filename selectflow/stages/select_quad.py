@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from selectflow.config import Budget, InfluenceConfig, QuadConfig, QuadSelector, RandomSelector, TopkSelector
 from selectflow.fingerprint import code_fingerprint
@@ -22,6 +23,7 @@ from selectflow.stages.base import Decisions
 from selectflow.stages.pool import Pool
 from selectflow.stages.registry import QUAD, RANDOM, TOPK
 from selectflow.stages.selection import Selection, SelectionContext, build_selection
+from selectflow.stages.strata import select_in_strata, strata_inputs
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -144,50 +146,79 @@ def select_quad_stage(
         d_max = float(cluster_ref.manifest()["config"]["neighbour_distance"])
 
     def select(data: Pool, lengths: np.ndarray, writer: ArtifactWriter) -> Selection:
-        texts = data.docs["text"].to_pylist()
+        texts, pool_ids = data.docs["text"].to_pylist(), data.docs["doc_id"].to_pylist()
         table = cluster_ref.read("neighbours")
         neighbours = neighbours_from_arrays(table["cluster"].to_numpy(), table["neighbour"].to_numpy(),
                                             table["distance"].to_numpy())
         scorer = _load_scorer(influence_ref, context.influence_cfg)
-        threshold, scale, calibration = cfg.threshold, 1.0, 0
-        if threshold is None or cfg.reward == "z":
-            rng = np.random.default_rng(cfg.seed)
-            calibration = min(cfg.calibration_docs, len(texts))
-            sample = rng.choice(len(texts), size=calibration, replace=False)
-            scores = np.asarray(scorer.score([texts[i] for i in sample]), dtype=np.float64)
-            threshold = float(scores.mean()) if threshold is None else threshold
-            if cfg.reward == "z":
-                scale = float(scores.std(ddof=1)) if calibration > 1 else 0.0
-                if not scale > 0:
-                    raise QuadError(f"quad reward 'z': the {calibration} calibration documents' influence has no "
-                                    "spread to scale by; raise calibration_docs or use reward: influence")
-        block_size = cfg.block_size or budget_aware_block(cfg, lengths, len(np.unique(data.clusters)))
-        run_cfg = cfg.model_copy(update={"threshold": threshold, "block_size": block_size})
-        result = quad_select(data.clusters, neighbours, lambda idx: scorer.score([texts[i] for i in idx]), run_cfg,
-                             d_max, lengths, progress=progress, reward_scale=scale)
-        if not len(result.selected):
+
+        def quad_in(rows: np.ndarray, quota: int) -> Selection:
+            sample = np.random.default_rng(cfg.seed).choice(len(rows), size=min(cfg.calibration_docs, len(rows)),
+                                                            replace=False)
+            threshold, scale, calibration = _calibrated(cfg, [texts[rows[i]] for i in sample], scorer)
+            clusters = data.clusters[rows]
+            local = cfg.model_copy(update={"budget": quota})
+            block_size = cfg.block_size or budget_aware_block(local, lengths[rows], len(np.unique(clusters)))
+            run_cfg = local.model_copy(update={"threshold": threshold, "block_size": block_size})
+            result = quad_select(clusters, neighbours, lambda idx: scorer.score([texts[rows[i]] for i in idx]),
+                                 run_cfg, d_max, lengths[rows], progress=progress, reward_scale=scale)
+            doc_ids = [pool_ids[i] for i in rows.tolist()]
+            stats = {"threshold": threshold, "reward_scale": scale, "calibration_docs": calibration,
+                     "block_size": block_size, "rounds": len(result.rounds), "scored_docs": result.scored,
+                     "stopped": result.stopped, "clusters": len(result.clusters),
+                     "scoring_seconds": result.seconds["scoring"],
+                     "pulled_clusters": sum(1 for c in result.clusters if c["pulls"]),
+                     "mean_influence_scored": float(np.nanmean(result.docs.influence)) if result.scored else None}
+            return Selection(result.selected, _quad_decisions(doc_ids, result), stats, rounds=result.rounds,
+                             tables={"quad_decisions": quad_decisions_table(doc_ids, result)},
+                             documents={"clusters.json": result.clusters})
+
+        if options.strata == "none":
+            selection = quad_in(np.arange(data.docs.num_rows), cfg.budget)
+            runs = [selection.stats]
+        else:  # each stratum's threshold is calibrated on its own documents: QUAD picks the best of each
+            selection = select_in_strata(QUAD.name, data, lengths, budget, options, context,
+                                         lambda index, rows, quota: quad_in(rows, quota))
+            runs = [s["selector"] for s in selection.stats["strata"].values() if "selector" in s]
+            selection.stats |= {name: sum(run[name] for run in runs) for name in ("calibration_docs", "scored_docs")}
+        order = np.asarray(selection.order, np.int64)
+        if not len(order):
+            scored = selection.tables["quad_decisions"]
+            thresholds = ", ".join(f"{run['threshold']:.3g}" for run in runs)
             raise QuadError(
-                f"QUAD selected nothing: it stopped ({result.stopped}) after {len(result.rounds)} rounds and "
-                f"{result.scored} scored documents (mean influence {np.nanmean(result.docs.influence):.2e}) without "
-                f"any pull's mean influence exceeding the threshold {threshold:.3g} (the quad selector's threshold); "
-                "lower it, or check that the reference set and influence.model_path fit this pool"
+                f"QUAD selected nothing: it stopped ({selection.stats['stopped']}) after "
+                f"{selection.stats['rounds']} rounds and {pc.sum(scored['scored']).as_py()} scored documents (mean "
+                f"influence {pc.mean(scored['influence']).as_py():.2e}) without any pull's mean influence exceeding "
+                f"the threshold ({thresholds}: the quad selector's "
+                "threshold, or the calibrated mean); lower it, or check that the reference set and "
+                "influence.model_path fit this pool"
             )
-        doc_ids = data.docs["doc_id"].to_pylist()
-        stats = {"bandit": cfg.bandit, "threshold": threshold, "reward_scale": scale, "block_size": block_size,
-                 "calibration_docs": calibration, "effective_clusters": effective_clusters(data.clusters[
-                     result.admission_order], lengths[result.admission_order]),
-                 "rounds": len(result.rounds), "scored_docs": result.scored, "stopped": result.stopped,
-                 "clusters": len(result.clusters), "scoring_seconds": result.seconds["scoring"],
-                 "pulled_clusters": sum(1 for c in result.clusters if c["pulls"]),
-                 "mean_influence_scored": float(np.nanmean(result.docs.influence)) if result.scored else None}
-        return Selection(result.selected, _quad_decisions(doc_ids, result), stats, rounds=result.rounds,
-                         tables={"quad_decisions": quad_decisions_table(doc_ids, result)},
-                         documents={"clusters.json": result.clusters})
+        selection.stats |= {"bandit": cfg.bandit,
+                            "effective_clusters": effective_clusters(data.clusters[order], lengths[order])}
+        return selection
 
     # influence_ref's key holds every influence setting that changes a score; the run settings change none
     config = {"quad": cfg.model_dump(), "d_max": d_max}
-    return build_selection(store, QUAD, pool, cluster_ref, cfg.token_counter, config, [influence_ref.key], _CODE,
-                           select)
+    if options.strata != "none":
+        config |= {"strata": options.strata, "quota": options.quota}
+    inputs = [influence_ref.key] + strata_inputs(options, context, "quad")
+    return build_selection(store, QUAD, pool, cluster_ref, cfg.token_counter, config, inputs, _CODE, select)
+
+
+def _calibrated(cfg: QuadConfig, sample: list[str], scorer) -> tuple[float, float, int]:
+    """The reward threshold and scale: unset ones from the influence of these random pool documents (their mean,
+    and for reward 'z' their sd), and how many documents were scored for that."""
+    if cfg.threshold is not None and cfg.reward != "z":
+        return cfg.threshold, 1.0, 0
+    scores = np.asarray(scorer.score(sample), dtype=np.float64)
+    threshold = float(scores.mean()) if cfg.threshold is None else cfg.threshold
+    if cfg.reward != "z":
+        return threshold, 1.0, len(sample)
+    scale = float(scores.std(ddof=1)) if len(sample) > 1 else 0.0
+    if not scale > 0:
+        raise QuadError(f"quad reward 'z': the {len(sample)} calibration documents' influence has no spread to scale "
+                        "by; raise calibration_docs or use reward: influence")
+    return threshold, scale, len(sample)
 
 
 def budget_aware_block(cfg: QuadConfig, lengths: np.ndarray, clusters: int) -> int:

@@ -17,11 +17,13 @@ FLOW_OPTIONS = {"persist_result": False, "result_serializer": "json"}
 
 def on_this_flows_runner(subflow):
     """`subflow` set to run its tasks where the calling flow runs its own. A flow called inside another gets Prefect's
-    default thread pool otherwise, in the calling process, however the caller's tasks are run (Dask workers)."""
+    default thread pool otherwise, in the calling process, however the caller's tasks are run (Dask workers). It gets
+    a copy of the caller's runner (same cluster): the caller's own, once it has run a task, holds live futures that
+    every task of the subflow would then fail to serialize."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    return subflow if context is None else subflow.with_options(task_runner=context.task_runner)
+    return subflow if context is None else subflow.with_options(task_runner=context.task_runner.duplicate())
 
 
 @contextlib.contextmanager
