@@ -436,5 +436,7 @@ def test_stages_quad_inside_each_domains_quota(clustered_pool, monkeypatch):
     rounds = json.loads((Path(ref.path) / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == list(range(1, stats["rounds"] + 1))
     assert {r["stratum"] for r in rounds} == set(weights)
+    assert rounds[-1]["scored_docs"] == stats["scored_docs"]  # counts "so far" carry on from domain to domain
+    assert rounds[-1]["selected_docs"] >= 40 and np.all(np.diff([r["selected_docs"] for r in rounds]) >= 0)
     with pytest.raises(ValueError, match="'none' or 'domain'"):
         QuadSelector(strata="cluster")

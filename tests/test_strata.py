@@ -1,5 +1,8 @@
 """Quotas per stratum, and ZIP run inside them: the least redundant subset keeps the pool's mix."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import docs_table
@@ -69,6 +72,10 @@ def test_stratified_zip_keeps_the_pool_mix_where_plain_zip_collapses(tmp_path):
     assert any("selected in round" in d["reason"] for d in decisions if d["group"] == "domain boiler")
     cut = [d for d in decisions if "beyond the quota, though selected in round" in d["reason"]]
     assert cut and all(d["decision"] == "rejected" for d in cut)  # ZIP's last round went past the quota
+    rounds = json.loads((Path(stratified_ref.path) / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))  # one sequence, stratum after stratum
+    assert [r["stratum"] for r in rounds] == sorted(r["stratum"] for r in rounds)
+    assert np.all(np.diff([r["n_selected"] for r in rounds]) > 0)  # selected so far, over all strata
 
 
 def test_strata_need_a_tokens_budget():

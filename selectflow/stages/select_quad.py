@@ -178,7 +178,8 @@ def select_quad_stage(
             runs = [selection.stats]
         else:  # each stratum's threshold is calibrated on its own documents: QUAD picks the best of each
             selection = select_in_strata(QUAD.name, data, lengths, budget, options, context,
-                                         lambda index, rows, quota: quad_in(rows, quota))
+                                         lambda index, rows, quota: quad_in(rows, quota),
+                                         running=("selected_docs", "scored_docs"))
             runs = [s["selector"] for s in selection.stats["strata"].values() if "selector" in s]
             selection.stats |= {name: sum(run[name] for run in runs) for name in ("calibration_docs", "scored_docs")}
         order = np.asarray(selection.order, np.int64)

@@ -70,7 +70,7 @@ def zip_stage(
 
         # Every round K2 candidates leave the pool and K3 of them are picked: ZIP takes about K3/K2 of a stratum.
         return select_in_strata(ZIP.name, data, lengths, budget, options, context, zip_in,
-                                capacity=min(1.0, cfg.k3 / cfg.k2))
+                                capacity=min(1.0, cfg.k3 / cfg.k2), running=("n_selected",))
 
     inputs = strata_inputs(options, context, "zip")
     config = cfg.model_dump() | ({} if options.strata == "none" else {"strata": options.strata, "quota": options.quota})

@@ -62,9 +62,11 @@ def strata_inputs(options: Stratified, context: SelectionContext, method: str) -
 
 
 def select_in_strata(stage: str, data: Pool, lengths: np.ndarray, budget: Budget, options: Stratified,
-                     context: SelectionContext, select_in: StratumSelector, capacity: float = 1.0) -> Selection:
+                     context: SelectionContext, select_in: StratumSelector, capacity: float = 1.0,
+                     running: tuple[str, ...] = ()) -> Selection:
     """`select_in` run inside every stratum's quota of the budget, the picks joined. capacity: the share of a stratum
-    the selector can take at most (quotas are capped at it)."""
+    the selector can take at most (quotas are capped at it); running: the counts "so far" of its round records,
+    which the joined rounds carry on from stratum to stratum."""
     names, inverse = strata_of(data, options.strata)
     units = lengths if budget.budget_unit == "tokens" else np.ones(len(lengths), np.int64)
     held = np.bincount(inverse, weights=units, minlength=len(names)).astype(np.int64)
@@ -77,7 +79,7 @@ def select_in_strata(stage: str, data: Pool, lengths: np.ndarray, budget: Budget
         quota = int(quotas[index])
         strata.append(Stratum(name, f"{name} (quota {quota} of its {held[index]} {unit})", rows, units[rows],
                               lengths[rows], quota, int(held[index]), select_in(index, rows, quota) if quota else None))
-    return _joined(stage, data, strata)
+    return _joined(stage, data, strata, running)
 
 
 def _targets(options: Stratified, names: list[str], context: SelectionContext) -> np.ndarray | None:
@@ -104,7 +106,7 @@ class Stratum:
     selection: Selection | None  # the selector inside its quota (None: quota 0)
 
 
-def _joined(stage: str, data: Pool, strata: list[Stratum]) -> Selection:
+def _joined(stage: str, data: Pool, strata: list[Stratum], running: tuple[str, ...]) -> Selection:
     """One selection from each stratum's: their picks stratum after stratum, each cut to its quota (ZIP checks its
     budget after whole rounds), every decision grouped by its stratum with a reason led by its quota; per stratum
     its quota, what it holds, what was taken and its selector's stats; the rounds numbered in one sequence; tables
@@ -125,8 +127,10 @@ def _joined(stage: str, data: Pool, strata: list[Stratum]) -> Selection:
         stats[stratum.name] = {"quota": stratum.quota, "held": stratum.held, "selected": len(kept),
                                "tokens": int(stratum.lengths[kept].sum()), "selector": part.stats}
         order += stratum.rows[kept].tolist()
+        carried = {key: rounds[-1][key] for key in running} if rounds else {}
         rounds += [{**record, "stratum": stratum.name, "stratum_round": record.get("round"),
-                    "round": len(rounds) + number + 1} for number, record in enumerate(part.rounds or [])]
+                    "round": len(rounds) + number + 1} | {key: record[key] + value for key, value in carried.items()}
+                   for number, record in enumerate(part.rounds or [])]
         for name, table in part.tables.items():
             tables.setdefault(name, []).append(table)
         for name, document in part.documents.items():
