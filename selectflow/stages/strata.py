@@ -149,6 +149,7 @@ def _joined(stage: str, data: Pool, strata: list[Stratum], running: tuple[str, .
         decisions.add(doc_id, decision, reason, score=score, group=group[doc_id])
     stopped = sorted({str(s.selection.stats["stopped"]) for s in strata
                       if s.selection is not None and "stopped" in s.selection.stats})
-    joined = {"strata": stats, "rounds": len(rounds)} | ({"stopped": ",".join(stopped)} if stopped else {})
+    joined = ({"strata": stats} | ({"rounds": len(rounds)} if rounds else {})
+              | ({"stopped": ",".join(stopped)} if stopped else {}))
     return Selection(order, decisions, joined, rounds=rounds or None,
                      tables={name: pa.concat_tables(parts) for name, parts in tables.items()}, documents=documents)
