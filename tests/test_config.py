@@ -15,7 +15,8 @@ def test_sample_config_loads_and_resolves_paths():
 
 def test_mixture_sample_config_loads():
     config = load_config(SAMPLE_CONFIG.with_name("sample-mixture.yaml"))
-    assert [s.method for s in config.selection.selectors] == ["mixture", "random"] and config.curriculum.enabled
+    assert [s.method for s in config.selection.selectors] == ["mixture", "dsir", "random"] and config.curriculum.enabled
+    assert config.selection.selectors[1].quota == "mixture"
     assert all(Path(spec.path).is_file() for spec in [*config.ingest.inputs, *config.reference, *config.probe.unseen])
 
 
