@@ -128,6 +128,10 @@ def test_stages_resample_inside_each_domains_quota(tmp_path):
     uniform = select_dsir_stage(store, pool, Budget(budget=40), options.model_copy(update={"quota": "uniform"}),
                                 context)
     assert uniform.key != ref.key and uniform.read("docs")["domain"].to_pylist().count("kitchen") == 20
+    clusters = SelectionContext(ngrams=context.ngrams, reference_ngrams=context.reference_ngrams,
+                                mixture=fitted_mixture(store, {"cluster 0": 0.5, "cluster 1": 0.5}))
+    with pytest.raises(ValueError, match="strata .* are not the fitted mixture's components"):
+        select_dsir_stage(store, pool, Budget(budget=40), options, clusters)
     with pytest.raises(ValueError, match="dsir quota 'mixture' needs the fitted mixture search"):
         select_dsir_stage(store, pool, Budget(budget=40), options, SelectionContext(
             ngrams=context.ngrams, reference_ngrams=context.reference_ngrams))

@@ -89,8 +89,10 @@ def _targets(options: Stratified, names: list[str], context: SelectionContext) -
         return np.array([found[name] for name in names])
     if options.quota == "mixture":  # the probed mixture's weight per stratum (the same component names)
         fit = context.mixture.manifest()["stats"]
-        weight = dict(zip(fit["components"], fit["weights"]))
-        return np.array([weight.get(name, 0.0) for name in names])
+        if names != fit["components"]:
+            raise ValueError(f"quota 'mixture': the pool's strata {names} are not the fitted mixture's components "
+                             f"{fit['components']}; give the selector the mixture's components as strata")
+        return np.asarray(fit["weights"], dtype=np.float64)
     return None
 
 
