@@ -127,8 +127,9 @@ def _joined(stage: str, data: Pool, strata: list[Stratum], running: tuple[str, .
         picked = np.asarray(part.order, np.int64)
         kept = take_budget(picked, stratum.units, stratum.quota, "tokens")
         stats[stratum.name] = {"quota": stratum.quota, "held": stratum.held, "selected": len(kept),
-                               "tokens": int(stratum.lengths[kept].sum())} | ({"selector": part.stats} if part.stats
-                                                                              else {})
+                               "tokens": int(stratum.lengths[kept].sum())}
+        if part.stats:
+            stats[stratum.name]["selector"] = part.stats
         order += stratum.rows[kept].tolist()
         carried = {key: rounds[-1][key] for key in running} if rounds else {}
         rounds += [{**record, "stratum": stratum.name, "stratum_round": record.get("round"),
