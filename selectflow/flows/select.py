@@ -8,9 +8,9 @@ from selectflow.flows.mixture import MixtureSearch, search_mixture
 from selectflow.flows.runner import run_stages, run_tasks
 from selectflow.stages.base import selector_stage
 from selectflow.stages.influence import influence_reference_stage
-from selectflow.stages.mixture import pool_view
 from selectflow.stages.select_dsir import ngram_features_stage
 from selectflow.stages.selection import SelectionContext, budgets_by_method
+from selectflow.stages.strata import strata_view
 from selectflow.store import ArtifactRef
 from selectflow.tasks.common import FLOW_OPTIONS, on_this_flows_runner
 from selectflow.tasks.stage import stage_calls
@@ -47,8 +47,8 @@ def select_subset(
                                reference_clusters=None if clustered is None else clustered.reference)
     search = None
     if (options := cfg.mixture_search) is not None:
-        search = on_this_flows_runner(search_mixture)(workspace, pool, pool_view(context, options), reference or [],
-                                                      unseen or [], options, probe or ProbeConfig())
+        search = on_this_flows_runner(search_mixture)(workspace, pool, strata_view(options.components, context),
+                                                      reference or [], unseen or [], options, probe or ProbeConfig())
         context = replace(context, mixture=search.fit)
     budgets = budgets_by_method(cfg)
     calls = {}

@@ -26,7 +26,7 @@ from selectflow.stages.base import Decisions, write_decisions
 from selectflow.stages.pool import Pool, read_pool
 from selectflow.stages.registry import MIXTURE, MIXTURE_FIT, MIXTURE_PLAN, MIXTURE_SAMPLE, MIXTURE_VALIDATION
 from selectflow.stages.selection import Selection, SelectionContext, build_selection
-from selectflow.stages.strata import strata_of
+from selectflow.stages.strata import strata_of, strata_view
 from selectflow.store import ArtifactRef, ArtifactStore, ArtifactWriter
 
 _CODE = code_fingerprint(__name__)  # this module and every selectflow module it imports
@@ -36,12 +36,6 @@ _SEARCH_FIELDS = {"components", "mixtures", "concentration", "floor", "seed"}  #
 def packed_bytes(docs: pa.Table) -> np.ndarray:
     """Bytes each document takes in a byte-level probe's stream: its UTF-8 bytes and the end-of-text symbol."""
     return np.fromiter((len(text.encode("utf-8")) + 1 for text in docs["text"].to_pylist()), np.int64, docs.num_rows)
-
-
-def pool_view(context: SelectionContext, options: MixtureSelector) -> ArtifactRef | None:
-    """The cluster artifact the mixture's pool is read with: its clusters are the components, or it dropped
-    documents by semantic dedup (None: the whole pool, by domain)."""
-    return context.clusters if options.components == "cluster" else context.semdedup()
 
 
 def mixture_plan_stage(store: ArtifactStore, pool: list[ArtifactRef], clusters: ArtifactRef | None,
@@ -206,7 +200,7 @@ def select_mixture_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: 
             "quotas": dict(zip(names, quotas.tolist())), "tokens_by_component": dict(zip(names, filled.tolist())),
             "preferred": fit["preferred"], "spearman_cv": fit["spearman_cv"]})
 
-    return build_selection(store, MIXTURE, pool, pool_view(context, options), budget.token_counter,
+    return build_selection(store, MIXTURE, pool, strata_view(options.components, context), budget.token_counter,
                            {**budget.budget_fields(), **options.model_dump()}, [context.mixture.key], _CODE, select)
 
 

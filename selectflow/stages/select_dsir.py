@@ -95,7 +95,7 @@ def select_dsir_stage(store: ArtifactStore, pool: list[ArtifactRef], budget: Bud
         return selection
 
     inputs = [ref.key for ref in [*context.ngrams, *context.reference_ngrams]] + strata_inputs(options, context, "dsir")
-    return build_selection(store, DSIR, pool, strata_view(options, context), budget.token_counter,
+    return build_selection(store, DSIR, pool, strata_view(options.strata, context), budget.token_counter,
                            {**budget.budget_fields(), **options.model_dump()}, inputs, _CODE, select)
 
 

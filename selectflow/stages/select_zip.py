@@ -74,8 +74,8 @@ def zip_stage(
 
     inputs = strata_inputs(options, context, "zip")
     config = cfg.model_dump() | ({} if options.strata == "none" else {"strata": options.strata, "quota": options.quota})
-    return build_selection(store, ZIP, pool, strata_view(options, context), cfg.token_counter, config, inputs, _CODE,
-                           select)
+    return build_selection(store, ZIP, pool, strata_view(options.strata, context), cfg.token_counter, config, inputs,
+                           _CODE, select)
 
 
 def _zip(docs: pa.Table, cfg: ZipConfig, progress, checkpoint: ZipCheckpoint) -> Selection:

@@ -38,10 +38,10 @@ def strata_of(data: Pool, by: str) -> tuple[list[str], np.ndarray]:
     return [str(name) for name in names], index.astype(np.int64)
 
 
-def strata_view(options: Stratified, context: SelectionContext) -> ArtifactRef | None:
-    """The cluster artifact the pool is read with: its clusters are the strata, or it dropped documents by semantic
-    dedup (None: the whole pool)."""
-    return context.clusters if options.strata == "cluster" else context.semdedup()
+def strata_view(by: str, context: SelectionContext) -> ArtifactRef | None:
+    """The cluster artifact a pool split `by` strata (or mixture components) is read with: its clusters are the
+    strata, or it dropped documents by semantic dedup (None: the whole pool)."""
+    return context.clusters if by == "cluster" else context.semdedup()
 
 
 def strata_inputs(options: Stratified, context: SelectionContext, method: str) -> list[str]:
