@@ -440,3 +440,19 @@ def test_stages_quad_inside_each_domains_quota(clustered_pool, monkeypatch):
     assert rounds[-1]["selected_docs"] >= 40 and np.all(np.diff([r["selected_docs"] for r in rounds]) >= 0)
     with pytest.raises(ValueError, match="'none' or 'domain'"):
         QuadSelector(strata="cluster")
+
+
+@pytest.mark.parametrize("strata", ["none", "domain"])
+def test_a_quad_stage_that_rewards_nothing_says_what_to_change(clustered_pool, monkeypatch, strata):
+    from selectflow.config import Budget, InfluenceConfig, QuadSelector
+    from selectflow.stages import select_quad as stages
+    from selectflow.stages.selection import SelectionContext
+    from selectflow.store import ArtifactRef
+
+    store, pool, cluster_ref, _ = clustered_pool
+    monkeypatch.setattr(stages, "_load_scorer", lambda ref, cfg: TopicScorer())
+    context = SelectionContext(cluster_ref, ArtifactRef("influence_reference", "fake", str(store.root / "nowhere")),
+                               InfluenceConfig())
+    quad = QuadSelector(threshold=1.0, block_size=5, max_rounds=3, strata=strata)
+    with pytest.raises(QuadError, match=r"QUAD selected nothing: .* exceeding the threshold \(1.*lower it"):
+        stages.select_quad_stage(store, pool, Budget(budget=40), quad, context)

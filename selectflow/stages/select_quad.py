@@ -187,12 +187,11 @@ def select_quad_stage(
             scored = selection.tables["quad_decisions"]
             thresholds = ", ".join(f"{run['threshold']:.3g}" for run in runs)
             raise QuadError(
-                f"QUAD selected nothing: it stopped ({selection.stats['stopped']}) after "
-                f"{selection.stats['rounds']} rounds and {pc.sum(scored['scored']).as_py()} scored documents (mean "
-                f"influence {pc.mean(scored['influence']).as_py():.2e}) without any pull's mean influence exceeding "
-                f"the threshold ({thresholds}: the quad selector's "
-                "threshold, or the calibrated mean); lower it, or check that the reference set and "
-                "influence.model_path fit this pool"
+                f"QUAD selected nothing: it stopped ({selection.stats.get('stopped')}) after "
+                f"{selection.stats.get('rounds', 0)} rounds and {pc.sum(scored['scored']).as_py()} scored documents "
+                f"(mean influence {pc.mean(scored['influence']).as_py():.2e}) without any pull's mean influence "
+                f"exceeding the threshold ({thresholds}: the quad selector's threshold, or the calibrated mean); lower "
+                "it, or check that the reference set and influence.model_path fit this pool"
             )
         selection.stats |= {"bandit": cfg.bandit,
                             "effective_clusters": effective_clusters(data.clusters[order], lengths[order])}
